@@ -136,7 +136,7 @@ def letterbox(image: np.ndarray, size: int = MODEL_SIZE, resample: int = Image.R
     """Aspect-preserving resize into a size x size float32 frame, centred, zero padded."""
     lb = Letterbox(image.shape[0], image.shape[1], size)
     r, c = lb.inner
-    img = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32), mode="F")
+    img = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32))
     small = np.asarray(img.resize((c, r), resample=resample), dtype=np.float32)
     out = np.zeros((size, size), dtype=np.float32)
     oy, ox = lb.offset
@@ -148,7 +148,7 @@ def letterbox_labels(labels: np.ndarray, size: int = MODEL_SIZE) -> np.ndarray:
     """Letterbox a label map with nearest-neighbour sampling (labels stay labels)."""
     lb = Letterbox(labels.shape[0], labels.shape[1], size)
     r, c = lb.inner
-    img = Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint8), mode="L")
+    img = Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint8))
     small = np.asarray(img.resize((c, r), resample=Image.Resampling.NEAREST), dtype=np.uint8)
     out = np.zeros((size, size), dtype=np.uint8)
     oy, ox = lb.offset

@@ -1,0 +1,42 @@
+# Fresh machine: `make demo` runs the main job, `make test` runs the test suite.
+# Each creates .venv and installs the project with pinned versions (constraints.txt) first.
+
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PIP    := $(BIN)/python -m pip
+DEMO   := out/demo
+
+.PHONY: install demo test lint format clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	rm -rf $(DEMO)
+	$(BIN)/cxrmesh synth --n 48 --seed 7 --out $(DEMO)/corpus
+	$(BIN)/cxrmesh contact-sheet $(DEMO)/corpus --out $(DEMO)/contact-sheet.png --real-out $(DEMO)/real-vs-synthetic.png
+	@echo "demo corpus: $(DEMO)/corpus  contact sheets: $(DEMO)/*.png"
+
+test: $(STAMP)
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+format: $(STAMP)
+	$(BIN)/ruff format src tests
+	$(BIN)/ruff check --fix src tests
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .ruff_cache

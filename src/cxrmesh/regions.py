@@ -1,0 +1,95 @@
+"""The four-region split: right/left lung x upper/lower zone.
+
+The rule, written down once and reused by the generator, training, the landmark service and the
+reports:
+
+    Each lung is divided into an upper and a lower zone by the horizontal image line through the
+    left hilum. Pixels whose centre lies above that line (row < hilum_y) are upper zone, the rest
+    lower zone. The right/left division is the lung segmentation itself.
+
+Sources. RALE (Warren et al., Thorax 2018;73:840-846) defines its quadrants by the vertical axis of
+the vertebral column and a horizontal axis through the first branch of the left main bronchus.
+Kim et al. (Diagnostics 2022;12:101, arXiv:2009.12610) automate this with a detector for the carina
+and the left hilum; the left hilum is where the left main bronchus gives off its first (upper lobe)
+branch, so the horizontal line through it is RALE's horizontal axis. The carina is not needed for
+the split itself; it is used to check that a landmark pair is anatomically plausible (the carina
+lies between the lungs, above the left hilum, and medial to it).
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+import numpy as np
+
+
+class Lung(IntEnum):
+    """Labels of the lung map (patient's right lung is on the image's left)."""
+
+    BACKGROUND = 0
+    RIGHT = 1
+    LEFT = 2
+
+
+class Region(IntEnum):
+    """Labels of the four-region map."""
+
+    BACKGROUND = 0
+    RIGHT_UPPER = 1
+    RIGHT_LOWER = 2
+    LEFT_UPPER = 3
+    LEFT_LOWER = 4
+
+
+REGION_KEYS: dict[Region, str] = {
+    Region.RIGHT_UPPER: "right_upper",
+    Region.RIGHT_LOWER: "right_lower",
+    Region.LEFT_UPPER: "left_upper",
+    Region.LEFT_LOWER: "left_lower",
+}
+
+
+def split_regions(lungs: np.ndarray, left_hilum_xy: tuple[float, float]) -> np.ndarray:
+    """Split a lung label map (0 background, 1 right, 2 left) into the four regions.
+
+    ``left_hilum_xy`` is (x, y) in the pixel coordinates of ``lungs`` (pixel centres at integers).
+    Returns a uint8 map with the ``Region`` labels.
+    """
+    if lungs.ndim != 2:
+        raise ValueError(f"lung map must be 2-D, got shape {lungs.shape}")
+    hilum_y = float(left_hilum_xy[1])
+    if not np.isfinite(hilum_y):
+        raise ValueError("left hilum coordinate is not finite")
+    upper = (np.arange(lungs.shape[0], dtype=np.float64) < hilum_y)[:, None]
+    out = np.zeros(lungs.shape, dtype=np.uint8)
+    right = lungs == Lung.RIGHT
+    left = lungs == Lung.LEFT
+    out[right & upper] = Region.RIGHT_UPPER
+    out[right & ~upper] = Region.RIGHT_LOWER
+    out[left & upper] = Region.LEFT_UPPER
+    out[left & ~upper] = Region.LEFT_LOWER
+    return out
+
+
+def landmark_problems(
+    lungs: np.ndarray, carina_xy: tuple[float, float], left_hilum_xy: tuple[float, float]
+) -> list[str]:
+    """Reasons why a landmark pair is implausible for this lung map; empty when plausible."""
+    problems: list[str] = []
+    ys, xs = np.nonzero(lungs == Lung.RIGHT)
+    yl, xl = np.nonzero(lungs == Lung.LEFT)
+    if xs.size == 0 or xl.size == 0:
+        return ["lung map lacks a right or a left lung"]
+    cx, cy = carina_xy
+    hx, hy = left_hilum_xy
+    if not xs.mean() < cx < xl.mean():
+        problems.append("carina does not lie between the lung centroids")
+    if not cy < hy:
+        problems.append("carina is not above the left hilum")
+    if not cx < hx:
+        problems.append("left hilum is not lateral (patient-left) of the carina")
+    top = min(ys.min(), yl.min())
+    bottom = max(ys.max(), yl.max())
+    if not top < hy < bottom:
+        problems.append("left hilum lies outside the lungs' vertical extent")
+    return problems
