@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cxrmesh.regions import REGION_KEYS, Region
-from cxrmesh.synth.filters import smooth
+from cxrmesh.synth.filters import smooth, smooth_noise
 
 DIAGNOSES = ("normal", "covid19", "other_pneumonia")
 
@@ -136,10 +136,8 @@ def render_opacity(
     if all(q.extent == 0 for q in rale.values()):
         return labels, amplitude
     sigma = 7.0 * px_per_mm
-    noise = smooth(rng.standard_normal(regions.shape).astype(np.float32), sigma)
-    noise /= noise.std() + 1e-6
-    fine = smooth(rng.standard_normal(regions.shape).astype(np.float32), 2.0 * px_per_mm)
-    fine /= fine.std() + 1e-6
+    noise = smooth_noise(rng, regions.shape, sigma)
+    fine = smooth_noise(rng, regions.shape, 2.0 * px_per_mm)
     rows = np.arange(regions.shape[0], dtype=np.float32)[:, None]
     cols = np.arange(regions.shape[1], dtype=np.float32)[None, :]
     lung_rows = np.nonzero((regions > 0).any(axis=1))[0]

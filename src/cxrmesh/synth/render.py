@@ -16,12 +16,11 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
-from scipy import ndimage
 
 from cxrmesh.regions import Lung, split_regions
 from cxrmesh.synth.anatomy import Geometry, PatientAnatomy, StudyPose
 from cxrmesh.synth.disease import Rale, render_opacity
-from cxrmesh.synth.filters import smooth
+from cxrmesh.synth.filters import edge_distance, smooth, smooth_noise
 from cxrmesh.synth.sites import Site
 
 WORK_LONG_SIDE = 1024
@@ -152,7 +151,7 @@ def render_study(
     lungs[r & ~left] = Lung.RIGHT
     lungs[left & ~r] = Lung.LEFT
     inside = lungs > 0
-    edge_mm = ndimage.distance_transform_edt(inside).astype(np.float32) / ppm
+    edge_mm = edge_distance(inside) / ppm
     air = (1.0 - np.exp(-edge_mm / 22.0)) * inside
     air = smooth(air, 1.2 * ppm)  # pleural surfaces are not razor sharp
 
@@ -309,8 +308,7 @@ def render_study(
     dense = smooth((opacity == 3).astype(np.float32), 2 * ppm)
 
     # --- lung parenchyma texture --------------------------------------------------------------------
-    tex = smooth(rng.standard_normal(shape).astype(np.float32), 1.6 * ppm)
-    tex /= tex.std() + 1e-6
+    tex = smooth_noise(rng, shape, 1.6 * ppm)
 
     # heart and mediastinum displace air rather than add tissue on top of the body
     A = (
@@ -358,7 +356,7 @@ def _vendor_processing(rng: np.random.Generator, A: np.ndarray, site: Site, ppm:
     base = np.clip((A - 0.1 * lo) / (hi - 0.1 * lo + 1e-6), 0.0, 1.2)
     # quantum noise is larger where fewer photons arrive (dense regions)
     sigma = 0.012 * site.noise * np.exp(1.2 * base)
-    noisy = base + sigma * rng.standard_normal(A.shape).astype(np.float32)
+    noisy = base + sigma * rng.standard_normal(A.shape, dtype=np.float32)
     blurred = smooth(noisy, 6.0 * ppm)
     enhanced = noisy + site.edge_enhance * 0.5 * (noisy - blurred)
     exposure = float(rng.normal(1.0, 0.05))
