@@ -62,8 +62,8 @@ def sample_anatomy(rng: np.random.Generator, atlas: LungAtlas, sex: str) -> Pati
     k = 6
     elastic = np.column_stack(
         [
-            rng.normal(0, 0.018, k),
-            rng.normal(0, 0.018, k),
+            rng.normal(0, 0.012, k),
+            rng.normal(0, 0.012, k),
             rng.uniform(0.4, 1.6, k) * rng.choice([-1, 1], k),
             rng.uniform(0.4, 1.6, k) * rng.choice([-1, 1], k),
             rng.uniform(0, 2 * np.pi, k),
@@ -73,7 +73,7 @@ def sample_anatomy(rng: np.random.Generator, atlas: LungAtlas, sex: str) -> Pati
         sex=sex,
         shape_index=int(rng.integers(n)),
         blend_index=int(rng.integers(n)),
-        blend=float(rng.uniform(0.0, 0.4)),
+        blend=float(rng.uniform(0.0, 0.25)),
         lung_width_mm=float(rng.normal(255 if female else 280, 14)),
         aspect_scale=float(rng.normal(1.0, 0.06)),
         elastic=elastic,

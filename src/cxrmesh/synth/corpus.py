@@ -137,8 +137,8 @@ def plan_patient(seed: int, index: int) -> PatientPlan:
         drafts[: draw.n_studies_kept], draw.labels, strict=True
     ):
         srng = _rng(seed, index, k, 2)
-        det = sample_detector(srng, site)
         pose = sample_pose(srng, view)
+        det = sample_detector(srng, site, lung_geometry(atlas, anatomy, pose), pose)
         ts = JPEG2000Lossless if srng.random() < site.compressed_fraction else ExplicitVRLittleEndian
         after = None if draw.event_time_h is None else round(draw.event_time_h - h, 2)
         studies.append(

@@ -33,6 +33,7 @@ class Detector:
     rows: int
     cols: int
     spacing_mm: float
+    apex_mm: float  # distance of the lung apices below the top edge
 
     @property
     def height_mm(self) -> float:
@@ -47,16 +48,19 @@ class Detector:
         return max(1, round(self.rows * s)), max(1, round(self.cols * s))
 
 
-def sample_detector(rng: np.random.Generator, site: Site) -> Detector:
-    """Matrix 2000-3000 px from the site's pixel spacing and field of view."""
-    spacing = float(rng.uniform(*site.pixel_spacing_mm))
-    spacing = round(spacing, 4)
-    fov = float(rng.uniform(*site.fov_mm))
-    long_px = int(np.clip(round(fov / spacing), 2000, 3000))
-    short_px = int(np.clip(round(long_px * rng.uniform(0.8, 0.9)), 2000, 3000))
-    if rng.random() < site.portrait_fraction:
-        return Detector(long_px, short_px, spacing)
-    return Detector(short_px, long_px, spacing)
+def sample_detector(rng: np.random.Generator, site: Site, geo: Geometry, pose: StudyPose) -> Detector:
+    """Collimate to the chest as a radiographer does, then fit the site's pixel grid (2000-3000 px).
+
+    The field spans the lungs plus a margin each side and below the costophrenic angles; where the
+    site's minimum matrix is larger than the collimated field, the field simply extends.
+    """
+    spacing = round(float(rng.uniform(*site.pixel_spacing_mm)), 4)
+    width_mm = geo.width + 2 * float(rng.uniform(30, 60))
+    height_mm = pose.apex_from_top_mm + geo.height + float(rng.uniform(30, 65))
+    rows = int(np.clip(round(height_mm / spacing), 2000, 3000))
+    cols = int(np.clip(round(width_mm / spacing), 2000, 3000))
+    apex = pose.apex_from_top_mm + max(0.0, rows * spacing - height_mm) / 2
+    return Detector(rows, cols, spacing, round(apex, 2))
 
 
 @dataclass
@@ -80,9 +84,7 @@ class _Frame:
         self.ppm = shape[0] / det.height_mm
         t = np.deg2rad(pose.rotation_deg)
         self.rot = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
-        self.origin = np.array(
-            [det.width_mm / 2 + pose.shift_mm[0], pose.apex_from_top_mm + pose.shift_mm[1]]
-        )
+        self.origin = np.array([det.width_mm / 2 + pose.shift_mm[0], det.apex_mm + pose.shift_mm[1]])
 
     def pil(self, pts_mm: np.ndarray) -> list[tuple[float, float]]:
         """Points for PIL drawing (PIL puts pixel centres at half-integers)."""
@@ -160,19 +162,24 @@ def render_study(
     regions = split_regions(lungs, left_hilum)
 
     # --- body: elliptical torso with neck and shoulders --------------------------------------
-    ys = np.array([-200.0, -0.12 * H, 0.02 * H, 0.25 * H, 0.7 * H, 1.1 * H, 2.0 * H])
+    # neck -> sloping shoulders (trapezius) -> chest wall -> waist, as torso half-widths
+    ys = np.array([-300.0, -0.3 * H, -0.12 * H, 0.04 * H, 0.25 * H, 0.7 * H, 1.1 * H, 2.0 * H])
     half = W / 2
     m = anat.torso_margin
     hw = np.array(
-        [0.22 * W, 0.25 * W, half * (m + 0.12), half * m, half * (m - 0.03), half * (m - 0.06), half]
+        [
+            0.2 * W,
+            0.22 * W,
+            0.4 * W,
+            half * (m + 0.14),
+            half * m,
+            half * (m - 0.03),
+            half * (m - 0.06),
+            half,
+        ]
     )
     B = np.interp(Y, ys, hw).astype(np.float32)
     body = np.sqrt(np.clip(1.0 - (X / B) ** 2, 0.0, 1.0))
-    # shoulders: rounded soft tissue masses over the lung apices
-    for sgn in (-1.0, 1.0):
-        sx, sy = sgn * (half + 0.05 * W), -0.02 * H
-        d = ((X - sx) / (0.22 * W)) ** 2 + ((Y - sy) / (0.14 * H)) ** 2
-        body = np.maximum(body, 0.45 * np.sqrt(np.clip(1 - d, 0, 1)))
 
     # --- mediastinum, heart, aortic knob -----------------------------------------------------
     mid = geo.midline_x
@@ -243,7 +250,7 @@ def render_study(
                 ]
             )
             width_px = max(1, round(rib_w * ppm))
-            d_bone.line(fr.pil(post), fill=0.22, width=width_px, joint="curve")
+            d_bone.line(fr.pil(post), fill=0.3, width=width_px, joint="curve")
             for off in (-rib_w / 2, rib_w / 2):  # cortical margins of the posterior rib
                 d_edge.line(fr.pil(post + np.array([0, off])), fill=0.12, width=max(1, round(1.2 * ppm)))
             if k < 8:  # anterior ribs fade into invisible costal cartilage medially
@@ -252,7 +259,7 @@ def render_study(
                     (mid + sgn * lat * 0.8, lat_y + 0.17 * H),
                     (mid + sgn * lat * 0.45, lat_y + 0.22 * H),
                 )
-                d_bone.line(fr.pil(ant), fill=0.1, width=max(1, round(rib_w * 1.2 * ppm)), joint="curve")
+                d_bone.line(fr.pil(ant), fill=0.14, width=max(1, round(rib_w * 1.2 * ppm)), joint="curve")
     clav_y = (-0.06 if ap else 0.02) * H
     for sgn in (-1.0, 1.0):
         clav = _bezier(
@@ -317,7 +324,7 @@ def render_study(
         + 0.25 * heart
         + 0.15 * mediastinum
         + 0.3 * knob
-        - 0.45 * airway
+        - 0.3 * airway
         + 0.9 * bone
         + 0.3 * vessels * (1.0 - 0.7 * dense) * inside
         + 0.2 * hila
@@ -361,7 +368,7 @@ def _vendor_processing(rng: np.random.Generator, A: np.ndarray, site: Site, ppm:
     enhanced = noisy + site.edge_enhance * 0.5 * (noisy - blurred)
     exposure = float(rng.normal(1.0, 0.05))
     # headroom: dense regions (abdomen, mediastinum) stay below white instead of clipping
-    out = np.clip(0.86 * np.clip(enhanced * exposure, 0.0, 1.15) ** site.gamma, 0.0, 1.0)
+    out = np.clip(0.88 * np.clip(enhanced * exposure, 0.0, 1.15) ** (0.72 * site.gamma), 0.0, 1.0)
     return out.astype(np.float32)
 
 

@@ -21,8 +21,6 @@ class Site:
     photometric: Literal["MONOCHROME1", "MONOCHROME2"]
     bits_stored: int
     pixel_spacing_mm: tuple[float, float]  # range (low, high)
-    fov_mm: tuple[float, float]  # field-of-view long side range
-    portrait_fraction: float  # share of portrait (taller than wide) detector orientation
     ap_fraction: float  # share of AP (portable) projections
     noise: float  # relative quantum-noise level
     gamma: float  # contrast-curve exponent
@@ -45,8 +43,6 @@ SITES: tuple[Site, ...] = (
         photometric="MONOCHROME1",
         bits_stored=10,
         pixel_spacing_mm=(0.168, 0.2),
-        fov_mm=(340.0, 400.0),
-        portrait_fraction=0.7,
         ap_fraction=0.25,
         noise=1.2,
         gamma=1.15,
@@ -66,8 +62,6 @@ SITES: tuple[Site, ...] = (
         photometric="MONOCHROME2",
         bits_stored=12,
         pixel_spacing_mm=(0.139, 0.139),
-        fov_mm=(320.0, 390.0),
-        portrait_fraction=0.5,
         ap_fraction=0.4,
         noise=0.8,
         gamma=0.95,
@@ -87,8 +81,6 @@ SITES: tuple[Site, ...] = (
         photometric="MONOCHROME2",
         bits_stored=16,
         pixel_spacing_mm=(0.143, 0.16),
-        fov_mm=(330.0, 400.0),
-        portrait_fraction=0.85,
         ap_fraction=0.15,
         noise=1.0,
         gamma=1.05,
