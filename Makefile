@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -c constraints.txt -e ".[dev]"
+	$(PIP) install --quiet -c constraints.txt -e ".[dev,train,serve,triton-local]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -23,7 +23,9 @@ demo: $(STAMP)
 	rm -rf $(DEMO)
 	$(BIN)/cxrmesh synth --n 48 --seed 7 --out $(DEMO)/corpus
 	$(BIN)/cxrmesh contact-sheet $(DEMO)/corpus --out $(DEMO)/contact-sheet.png --real-out $(DEMO)/real-vs-synthetic.png
-	@echo "demo corpus: $(DEMO)/corpus  contact sheets: $(DEMO)/*.png"
+	$(BIN)/cxrmesh models-demo --corpus $(DEMO)/corpus --repository model_repository --n 8 | tee $(DEMO)/models.json
+	$(BIN)/cxrmesh real-report --repository model_repository --out $(DEMO)/real-radiograph-models.png
+	@echo "demo corpus: $(DEMO)/corpus  pictures: $(DEMO)/*.png  served-model scores: $(DEMO)/models.json"
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests

@@ -70,6 +70,117 @@ def contact_sheet_cmd(
 
 
 @app.command()
+def train(
+    corpus: Annotated[Path, typer.Option("--corpus", help="Corpus directory (manifest.jsonl + images).")],
+    out: Annotated[
+        Path, typer.Option("--out", help="Run directory: checkpoints, history, metrics.json.")
+    ] = Path("runs"),
+    weights: Annotated[Path, typer.Option("--weights", help="Where final weights are written.")] = Path(
+        "weights"
+    ),
+    seed: Annotated[int, typer.Option("--seed", min=0)] = 0,
+    only: Annotated[
+        str, typer.Option("--only", help="Comma-separated subset of: seg, landmarks, embedder, prognosis.")
+    ] = "",
+    seg_epochs: Annotated[int, typer.Option("--seg-epochs", min=1)] = 5,
+    landmark_epochs: Annotated[int, typer.Option("--landmark-epochs", min=1)] = 8,
+    embed_epochs: Annotated[int, typer.Option("--embed-epochs", min=1)] = 8,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="Ignore existing checkpoints instead of resuming.")
+    ] = False,
+) -> None:
+    """Train the four models (resumable; seeded) and evaluate them on the test split."""
+    try:
+        from cxrmesh.models.train import TrainConfig, train_all
+    except ImportError as exc:
+        _fail(f"training needs the [train] extra (torch, segmentation-models-pytorch, ...): {exc}")
+    if not (corpus / "manifest.jsonl").is_file():
+        _fail(f"{corpus} has no manifest.jsonl; generate one with `cxrmesh synth --out {corpus}`")
+    parts = tuple(p for p in only.split(",") if p)
+    unknown = set(parts) - {"seg", "landmarks", "embedder", "prognosis"}
+    if unknown:
+        _fail(f"--only: unknown step(s) {sorted(unknown)}; choose from seg, landmarks, embedder, prognosis")
+    cfg = TrainConfig(
+        corpus=corpus,
+        out=out,
+        weights=weights,
+        seed=seed,
+        seg_epochs=seg_epochs,
+        landmark_epochs=landmark_epochs,
+        embed_epochs=embed_epochs,
+        resume=not fresh,
+        only=parts,
+    )
+    typer.echo(json.dumps(train_all(cfg), indent=2, sort_keys=True))
+
+
+@app.command("export")
+def export_cmd(
+    weights: Annotated[Path, typer.Option("--weights", help="Trained weights from `cxrmesh train`.")] = Path(
+        "weights"
+    ),
+    metrics: Annotated[
+        Path, typer.Option("--metrics", help="metrics.json of the run, for the model cards.")
+    ] = Path("runs/metrics.json"),
+    out: Annotated[Path, typer.Option("--out", help="Triton model repository to write.")] = Path(
+        "model_repository"
+    ),
+    onnx_dir: Annotated[Path, typer.Option("--onnx-dir", help="Where the exported ONNX files go.")] = Path(
+        "build/onnx"
+    ),
+) -> None:
+    """Export ONNX (parity-checked against PyTorch) and write the Triton model repository."""
+    try:
+        from cxrmesh.export.onnx_export import export_all
+    except ImportError as exc:
+        _fail(f"export needs the [train] extra (torch, onnx, onnxscript): {exc}")
+    from cxrmesh.export.cards import all_cards
+    from cxrmesh.export.repository import write_repository
+
+    if not weights.is_dir():
+        _fail(f"no weights directory {weights}; run `cxrmesh train` first")
+    run_metrics = json.loads(metrics.read_text()) if metrics.is_file() else {}
+    try:
+        parity = export_all(weights, onnx_dir)
+    except (FileNotFoundError, RuntimeError) as exc:
+        _fail(str(exc))
+    names = write_repository(onnx_dir, out, cards=all_cards(run_metrics))
+    for p in parity:
+        typer.echo(f"{p.model}: ONNX parity max |diff| {p.max_abs_diff:.2e}")
+    typer.echo(f"wrote {len(names)} models to {out}")
+
+
+@app.command("real-report")
+def real_report(
+    repository: Annotated[Path, typer.Option("--repository")] = Path("model_repository"),
+    out: Annotated[Path, typer.Option("--out")] = Path("docs/real-radiograph-models.png"),
+) -> None:
+    """Run the exported models on the real pydicom-data radiograph and draw what they found."""
+    from cxrmesh.reports import real_radiograph_report
+
+    try:
+        typer.echo(json.dumps(real_radiograph_report(repository, out), indent=2))
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+
+
+@app.command("models-demo")
+def models_demo(
+    corpus: Annotated[Path, typer.Option("--corpus", help="Corpus with truth to score against.")],
+    repository: Annotated[Path, typer.Option("--repository")] = Path("model_repository"),
+    n: Annotated[int, typer.Option("--n", min=1, max=200)] = 6,
+) -> None:
+    """Start tritonserver (CPU profile) on the repository and run corpus studies through it over gRPC."""
+    from cxrmesh.models_demo import run
+
+    if not (corpus / "manifest.jsonl").is_file():
+        _fail(f"{corpus} is not a corpus (no manifest.jsonl)")
+    if not repository.is_dir():
+        _fail(f"no model repository at {repository}; run `cxrmesh export`")
+    typer.echo(json.dumps(run(repository, corpus, n), indent=2))
+
+
+@app.command()
 def atlas(
     out: Annotated[Path, typer.Option("--out", help="Where to write the atlas .npz.")],
     source: Annotated[

@@ -1,0 +1,1 @@
+"""Export: PyTorch -> ONNX -> TensorRT, and the Triton model repository writer (``cxrmesh.export``)."""

@@ -1,0 +1,59 @@
+"""In-process inference with the exported ONNX models (ONNX Runtime; no torch, no Triton).
+
+The services call Triton; this path exists for reports, tests and offline checks, and takes the
+same inputs (``spec``) so its numbers are comparable with the served ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cxrmesh.contract import MODEL_SIZE
+from cxrmesh.models.spec import EMBEDDER, LANDMARKER, MODEL_INPUT, POOL, SEG_MEMBERS
+
+
+def model_input(display_512: np.ndarray) -> np.ndarray:
+    """Letterboxed MODEL_SIZE^2 display image -> the models' [1, 1, MODEL_INPUT, MODEL_INPUT] input."""
+    if display_512.shape != (MODEL_SIZE, MODEL_SIZE):
+        raise ValueError(f"expected a {MODEL_SIZE}x{MODEL_SIZE} image, got {display_512.shape}")
+    pooled = display_512.reshape(MODEL_INPUT, POOL, MODEL_INPUT, POOL).mean(axis=(1, 3))
+    return pooled[None, None].astype(np.float32)
+
+
+@dataclass
+class Findings:
+    lungs: np.ndarray  # (MODEL_INPUT, MODEL_INPUT) uint8 labels
+    probs: np.ndarray  # (3, MODEL_INPUT, MODEL_INPUT) ensemble mean
+    member_probs: np.ndarray  # (5, 3, MODEL_INPUT, MODEL_INPUT)
+    landmarks: np.ndarray  # (2, 2) (x, y) in MODEL_INPUT pixels
+    landmark_confidence: np.ndarray
+    embedding: np.ndarray
+    attention: np.ndarray
+
+
+class OnnxModels:
+    """Sessions for every ONNX model in a Triton model repository (``<name>/1/model.onnx``)."""
+
+    def __init__(self, repository: Path, threads: int = 0):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        self.sessions = {}
+        for name in (*SEG_MEMBERS, EMBEDDER.name, LANDMARKER.name):
+            path = Path(repository) / name / "1" / "model.onnx"
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} missing: run `cxrmesh export` or check the repository path")
+            self.sessions[name] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+    def run(self, image: np.ndarray) -> Findings:
+        members = np.stack([self.sessions[m].run(["probs"], {"image": image})[0][0] for m in SEG_MEMBERS])
+        probs = members.mean(axis=0)
+        xy, conf = self.sessions[LANDMARKER.name].run(None, {"image": image})
+        emb, att = self.sessions[EMBEDDER.name].run(None, {"image": image})
+        return Findings(
+            probs.argmax(axis=0).astype(np.uint8), probs, members, xy[0], conf[0], emb[0], att[0, 0]
+        )

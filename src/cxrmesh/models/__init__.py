@@ -1,0 +1,1 @@
+"""Model definitions (torch, training only) and their serving contracts (``spec``, no torch)."""

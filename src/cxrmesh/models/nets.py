@@ -1,0 +1,158 @@
+"""The four networks (PyTorch). Imported only by training and export; services use ONNX/Triton.
+
+Every image network takes ``image`` = display values in [0, 1] at MODEL_INPUT^2 (see ``spec``),
+normalises inside the graph and works internally at half that resolution (``WORK``): on the CPUs this
+project trains on, that is the difference between minutes and hours, and lung fields, landmarks
+and opacities are large structures. Dense outputs are upsampled back to MODEL_INPUT in the graph.
+"""
+
+from __future__ import annotations
+
+import segmentation_models_pytorch as smp
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cxrmesh.contract import INPUT_MEAN, INPUT_STD
+from cxrmesh.models.spec import (
+    ATTENTION_SIZE,
+    CLINICAL_FEATURES,
+    EMBED_DIM,
+    LANDMARKS,
+    MODEL_INPUT,
+    REGION_FEATURES,
+    SEG_CLASSES,
+    SEG_MEMBERS,
+)
+
+WORK = MODEL_INPUT // 2
+SEG_ENCODER = "tu-mobilenetv3_small_100"
+LANDMARK_ENCODER = "tu-mobilenetv3_small_100"
+EMBED_BACKBONE = "resnet10t"
+
+
+def _prepare(image: torch.Tensor) -> torch.Tensor:
+    """[0, 1] display values at MODEL_INPUT -> standardised values at WORK."""
+    x = (image - INPUT_MEAN) / INPUT_STD
+    return F.avg_pool2d(x, kernel_size=MODEL_INPUT // WORK)
+
+
+class Embedder(nn.Module):
+    """CNN + spatial attention pooling + projection head -> L2-normalised embedding.
+
+    The attention map weights where features are pooled from (the retrieval paper's attention
+    mechanism); it is returned so the services can show which lung regions drove a match.
+    """
+
+    def __init__(self, dim: int = EMBED_DIM):
+        super().__init__()
+        self.backbone = timm.create_model(
+            EMBED_BACKBONE, features_only=True, out_indices=(2,), in_chans=1, pretrained=False
+        )
+        ch = self.backbone.feature_info.channels()[-1]
+        self.refine = nn.Sequential(
+            nn.Conv2d(ch, 192, 3, padding=1), nn.BatchNorm2d(192), nn.ReLU(inplace=True)
+        )
+        self.attend = nn.Sequential(nn.Conv2d(192, 64, 1), nn.ReLU(inplace=True), nn.Conv2d(64, 1, 1))
+        self.head = nn.Sequential(
+            nn.Linear(192, 256), nn.BatchNorm1d(256), nn.ReLU(inplace=True), nn.Linear(256, dim)
+        )
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = self.refine(self.backbone(_prepare(image))[-1])
+        feats = F.adaptive_avg_pool2d(feats, ATTENTION_SIZE)
+        attention = torch.sigmoid(self.attend(feats))
+        pooled = (feats * attention).sum(dim=(2, 3)) / (attention.sum(dim=(2, 3)) + 1e-6)
+        return F.normalize(self.head(pooled), dim=1), attention
+
+
+def _seg_arch(name: str) -> nn.Module:
+    kw = {"encoder_name": SEG_ENCODER, "encoder_weights": None, "in_channels": 1, "classes": len(SEG_CLASSES)}
+    small = (64, 32, 24, 16, 8)
+    return {
+        "lung_seg_unet": lambda: smp.Unet(decoder_channels=small, **kw),
+        "lung_seg_unetplusplus": lambda: smp.UnetPlusPlus(decoder_channels=(48, 32, 24, 16, 8), **kw),
+        "lung_seg_fpn": lambda: smp.FPN(decoder_pyramid_channels=64, decoder_segmentation_channels=32, **kw),
+        "lung_seg_linknet": lambda: smp.Linknet(**kw),
+        "lung_seg_deeplabv3plus": lambda: smp.DeepLabV3Plus(decoder_channels=64, **kw),
+    }[name]()
+
+
+class Segmenter(nn.Module):
+    """One ensemble member: image -> per-pixel class probabilities (background, right, left lung)."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        if name not in SEG_MEMBERS:
+            raise ValueError(f"unknown segmentation member {name!r}; expected one of {SEG_MEMBERS}")
+        self.name = name
+        self.net = _seg_arch(name)
+
+    def logits(self, image: torch.Tensor) -> torch.Tensor:
+        """Logits at WORK resolution (what training optimises)."""
+        return self.net(_prepare(image))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        logits = F.interpolate(self.logits(image), size=MODEL_INPUT, mode="bilinear", align_corners=False)
+        return torch.softmax(logits, dim=1)
+
+
+def soft_argmax(heatmaps: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sub-pixel (x, y) of each heatmap channel by a spatial softmax, plus its peak probability.
+
+    Coordinates are in pixels of the heatmap with pixel centres at integers.
+    """
+    n, c, h, w = heatmaps.shape
+    prob = torch.softmax(heatmaps.reshape(n, c, h * w) * beta, dim=-1).reshape(n, c, h, w)
+    ys = torch.arange(h, dtype=heatmaps.dtype, device=heatmaps.device)
+    xs = torch.arange(w, dtype=heatmaps.dtype, device=heatmaps.device)
+    x = (prob.sum(dim=2) * xs).sum(dim=-1)
+    y = (prob.sum(dim=3) * ys).sum(dim=-1)
+    return torch.stack([x, y], dim=-1), prob.reshape(n, c, h * w).amax(dim=-1)
+
+
+class Landmarker(nn.Module):
+    """Heatmap regression for carina and left hilum with soft-argmax decoding inside the graph."""
+
+    beta = 8.0
+
+    def __init__(self):
+        super().__init__()
+        self.net = smp.Unet(
+            encoder_name=LANDMARK_ENCODER,
+            encoder_weights=None,
+            in_channels=1,
+            classes=len(LANDMARKS),
+            decoder_channels=(64, 32, 24, 16, 8),
+        )
+
+    def heatmaps(self, image: torch.Tensor) -> torch.Tensor:
+        return self.net(_prepare(image))
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        xy, conf = soft_argmax(self.heatmaps(image), self.beta)
+        scale = MODEL_INPUT / WORK
+        return (xy + 0.5) * scale - 0.5, conf
+
+
+class PrognosisHead(nn.Module):
+    """Logistic model over the frozen embedding, four-region features and clinical variables.
+
+    Feature standardisation is part of the module (buffers), so the served model takes raw values.
+    """
+
+    def __init__(self):
+        super().__init__()
+        n = EMBED_DIM + len(REGION_FEATURES) + len(CLINICAL_FEATURES)
+        self.register_buffer("mean", torch.zeros(n))
+        self.register_buffer("std", torch.ones(n))
+        self.linear = nn.Linear(n, 1)
+
+    def features(
+        self, embedding: torch.Tensor, regions: torch.Tensor, clinical: torch.Tensor
+    ) -> torch.Tensor:
+        return (torch.cat([embedding, regions, clinical], dim=1) - self.mean) / self.std
+
+    def forward(self, embedding: torch.Tensor, regions: torch.Tensor, clinical: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.linear(self.features(embedding, regions, clinical)))

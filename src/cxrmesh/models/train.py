@@ -1,0 +1,481 @@
+"""Training and evaluation of the four models on a corpus manifest (synthetic or a user's own).
+
+Input layout (what ``cxrmesh synth`` writes; a real dataset supplies the same): ``manifest.jsonl``
+with per row ``paths.image`` (16-bit PNG, MODEL_SIZE^2 display values after the preprocessing
+contract), ``split``, and whichever labels exist: ``paths.lungs`` (lung label map), ``landmarks``
+(``carina``/``left_hilum`` ``model`` coordinates), ``diagnosis``, ``clinical``/``demographics`` and
+``outcome.intubation_72h``. Rows without a label are skipped by the steps that need it.
+
+Each model trains in its own run directory with a resumable checkpoint after every epoch; final
+weights go to ``weights/<model>.pt``; evaluation on the test split goes to ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
+from cxrmesh.contract import MODEL_SIZE, TRAINING_COPY_MAX
+from cxrmesh.models.nets import WORK, Embedder, Landmarker, PrognosisHead, Segmenter, soft_argmax
+from cxrmesh.models.spec import CLINICAL_FEATURES, MODEL_INPUT, SEG_MEMBERS
+from cxrmesh.quantify import region_table, region_vector
+from cxrmesh.synth.corpus import read_manifest
+
+DIAGNOSIS_INDEX = {"normal": 0, "covid19": 1, "other_pneumonia": 2}
+
+
+@dataclass
+class Data:
+    """A manifest loaded into memory at MODEL_INPUT resolution (training never decodes DICOM)."""
+
+    rows: list[dict[str, Any]]
+    images: torch.Tensor  # (N, 1, MODEL_INPUT, MODEL_INPUT) float16, display values
+    lungs: torch.Tensor | None  # (N, MODEL_INPUT, MODEL_INPUT) uint8
+    landmarks: torch.Tensor | None  # (N, 2, 2) in MODEL_INPUT pixels
+    split: np.ndarray
+
+    def index(self, split: str) -> np.ndarray:
+        return np.nonzero(self.split == split)[0]
+
+
+def to_input_frame(xy_model: Iterable[float]) -> list[float]:
+    """MODEL_SIZE-frame coordinates -> MODEL_INPUT-frame coordinates (pixel centres at integers)."""
+    f = MODEL_SIZE / MODEL_INPUT
+    return [(v + 0.5) / f - 0.5 for v in xy_model]
+
+
+def load_data(corpus: Path, limit: int | None = None) -> Data:
+    rows = read_manifest(corpus)[:limit] if limit else read_manifest(corpus)
+    n = len(rows)
+    f = MODEL_SIZE // MODEL_INPUT
+    images = torch.empty((n, 1, MODEL_INPUT, MODEL_INPUT), dtype=torch.float16)
+    has_lungs = all(r.get("paths", {}).get("lungs") for r in rows)
+    lungs = torch.empty((n, MODEL_INPUT, MODEL_INPUT), dtype=torch.uint8) if has_lungs else None
+    has_lm = all("landmarks" in r for r in rows)
+    landmarks = torch.empty((n, 2, 2), dtype=torch.float32) if has_lm else None
+    for i, row in enumerate(tqdm(rows, desc="loading", unit="img", disable=None)):
+        img = np.asarray(Image.open(corpus / row["paths"]["image"]), dtype=np.float32) / TRAINING_COPY_MAX
+        img = img.reshape(MODEL_INPUT, f, MODEL_INPUT, f).mean(axis=(1, 3))
+        images[i, 0] = torch.from_numpy(img)
+        if lungs is not None:
+            lab = np.asarray(Image.open(corpus / row["paths"]["lungs"]))
+            lungs[i] = torch.from_numpy(np.ascontiguousarray(lab[f // 2 :: f, f // 2 :: f]))
+        if landmarks is not None:
+            for j, key in enumerate(("carina", "left_hilum")):
+                landmarks[i, j] = torch.tensor(to_input_frame(row["landmarks"][key]["model"]))
+    return Data(rows, images, lungs, landmarks, np.array([r.get("split", "train") for r in rows]))
+
+
+# ----------------------------------------------------------------------------- checkpointing
+
+
+def _seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _run(
+    name: str,
+    model: torch.nn.Module,
+    epochs: int,
+    steps: Callable[[int], Iterable[float]],
+    run_dir: Path,
+    weights_dir: Path,
+    lr: float,
+    resume: bool,
+) -> torch.nn.Module:
+    """Epoch loop with an AdamW + cosine schedule and a checkpoint after every epoch."""
+    run = run_dir / name
+    run.mkdir(parents=True, exist_ok=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
+    start = 0
+    ckpt = run / "checkpoint.pt"
+    if resume and ckpt.exists():
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        np.random.set_state(state["numpy_rng"])
+        random.setstate(state["python_rng"])
+        start = state["epoch"] + 1
+    history = []
+    for epoch in range(start, epochs):
+        model.train()
+        losses = []
+        bar = tqdm(steps(epoch), desc=f"{name} {epoch + 1}/{epochs}", unit="batch", disable=None, leave=False)
+        for loss in bar:
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+        sched.step()
+        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else math.nan})
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "epoch": epoch,
+                "torch_rng": torch.get_rng_state(),
+                "numpy_rng": np.random.get_state(),
+                "python_rng": random.getstate(),
+            },
+            ckpt,
+        )
+        with open(run / "history.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(history[-1]) + "\n")
+    weights_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), weights_dir / f"{name}.pt")
+    model.eval()
+    return model
+
+
+def _batches(idx: np.ndarray, batch: int, shuffle: bool = True) -> Iterable[np.ndarray]:
+    order = np.random.permutation(idx) if shuffle else idx
+    for i in range(0, len(order), batch):
+        yield order[i : i + batch]
+
+
+def _augment(images: torch.Tensor) -> torch.Tensor:
+    """Exposure and contrast jitter: the sites already vary geometry; keep labels exact."""
+    n = images.shape[0]
+    gain = 1.0 + 0.12 * (torch.rand(n, 1, 1, 1) - 0.5)
+    gamma = torch.exp(0.2 * (torch.rand(n, 1, 1, 1) - 0.5))
+    return (images.clamp(0, 1) ** gamma * gain).clamp(0, 1)
+
+
+# ----------------------------------------------------------------------------- segmentation
+
+
+def train_segmenter(
+    name: str, data: Data, epochs: int, run_dir: Path, weights_dir: Path, resume: bool, limit: int
+) -> Segmenter:
+    from segmentation_models_pytorch.losses import DiceLoss
+
+    assert data.lungs is not None, "segmentation needs lung masks (paths.lungs)"
+    model = Segmenter(name)
+    dice = DiceLoss(mode="multiclass")
+    train_idx = data.index("train")[:limit]
+    f = MODEL_INPUT // WORK
+
+    def steps(epoch: int) -> Iterable[torch.Tensor]:
+        for b in _batches(train_idx, 16):
+            x = _augment(data.images[b].float())
+            y = data.lungs[b][:, f // 2 :: f, f // 2 :: f].long()
+            logits = model.logits(x)
+            yield F.cross_entropy(logits, y) + dice(logits, y)
+
+    return _run(name, model, epochs, steps, run_dir, weights_dir, 3e-3, resume)
+
+
+def dice_scores(probs: torch.Tensor, truth: torch.Tensor) -> np.ndarray:
+    """Mean of right- and left-lung Dice per image (argmax of the probabilities)."""
+    pred = probs.argmax(dim=1)
+    out = []
+    for cls in (1, 2):
+        p, t = pred == cls, truth == cls
+        inter = (p & t).sum(dim=(1, 2)).float()
+        out.append((2 * inter / (p.sum(dim=(1, 2)) + t.sum(dim=(1, 2))).clamp(min=1)).numpy())
+    return np.mean(out, axis=0)
+
+
+@torch.no_grad()
+def predict(model: Callable, images: torch.Tensor, batch: int = 32) -> Any:
+    outs = [model(images[i : i + batch].float()) for i in range(0, len(images), batch)]
+    if isinstance(outs[0], tuple):
+        return tuple(torch.cat(parts) for parts in zip(*outs, strict=True))
+    return torch.cat(outs)
+
+
+# ----------------------------------------------------------------------------- landmarks
+
+
+def _gaussian_targets(xy: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
+    grid = torch.arange(size, dtype=torch.float32)
+    gx = torch.exp(-((grid[None, None, None, :] - xy[..., 0, None, None]) ** 2) / (2 * sigma**2))
+    gy = torch.exp(-((grid[None, None, :, None] - xy[..., 1, None, None]) ** 2) / (2 * sigma**2))
+    g = gx * gy
+    return g / g.sum(dim=(2, 3), keepdim=True).clamp(min=1e-8)
+
+
+def train_landmarker(data: Data, epochs: int, run_dir: Path, weights_dir: Path, resume: bool) -> Landmarker:
+    assert data.landmarks is not None, "landmark training needs landmarks"
+    model = Landmarker()
+    train_idx = data.index("train")
+    f = MODEL_INPUT / WORK
+
+    def steps(epoch: int) -> Iterable[torch.Tensor]:
+        for b in _batches(train_idx, 16):
+            x = _augment(data.images[b].float())
+            target = (data.landmarks[b] + 0.5) / f - 0.5  # in WORK pixels
+            heat = model.heatmaps(x)
+            logp = F.log_softmax(heat.flatten(2) * model.beta, dim=-1)
+            gauss = _gaussian_targets(target, WORK, 1.5).flatten(2)
+            xy, _ = soft_argmax(heat, model.beta)
+            yield -(gauss * logp).sum(-1).mean() + 0.5 * F.smooth_l1_loss(xy, target)
+
+    return _run("cxr_landmarks", model, epochs, steps, run_dir, weights_dir, 3e-3, resume)
+
+
+def mm_per_input_pixel(row: dict[str, Any]) -> float:
+    """Millimetres per MODEL_INPUT pixel for a study (from its spacing and letterbox scale)."""
+    return row["pixel_spacing_mm"] / row["letterbox"]["scale"] * (MODEL_SIZE / MODEL_INPUT)
+
+
+# ----------------------------------------------------------------------------- embedder
+
+
+def train_embedder(data: Data, epochs: int, run_dir: Path, weights_dir: Path, resume: bool) -> Embedder:
+    from pytorch_metric_learning import losses, miners, samplers
+
+    model = Embedder()
+    train_idx = data.index("train")
+    labels = np.array([DIAGNOSIS_INDEX[data.rows[i]["diagnosis"]] for i in train_idx])
+    loss_fn = losses.MultiSimilarityLoss(alpha=2.0, beta=50.0, base=0.5)
+    miner = miners.MultiSimilarityMiner(epsilon=0.1)
+    batch = 48
+    sampler = samplers.MPerClassSampler(
+        labels, m=batch // 3, batch_size=batch, length_before_new_iter=max(len(labels), batch)
+    )
+
+    def steps(epoch: int) -> Iterable[torch.Tensor]:
+        order = np.array(list(iter(sampler)))
+        for i in range(0, len(order) - batch + 1, batch):
+            b = train_idx[order[i : i + batch]]
+            y = torch.as_tensor(labels[order[i : i + batch]])
+            emb, _ = model(_augment(data.images[b].float()))
+            yield loss_fn(emb, y, miner(emb, y))
+
+    return _run("cxr_embedder", model, epochs, steps, run_dir, weights_dir, 2e-3, resume)
+
+
+def retrieval_metrics(
+    query: np.ndarray, q_labels: np.ndarray, gallery: np.ndarray, g_labels: np.ndarray
+) -> dict[str, float]:
+    """Precision@1/5/10, mAP@R and similarity-weighted top-10 vote accuracy (cosine similarity)."""
+    sims = query @ gallery.T
+    order = np.argsort(-sims, axis=1)
+    hits = g_labels[order] == q_labels[:, None]
+    out = {f"precision_at_{k}": float(hits[:, :k].mean()) for k in (1, 5, 10)}
+    aps = []
+    for i in range(len(query)):
+        r = int((g_labels == q_labels[i]).sum())
+        rel = hits[i, :r]
+        aps.append(float((np.cumsum(rel) / np.arange(1, r + 1) * rel).sum() / r) if r else 0.0)
+    out["map_at_r"] = float(np.mean(aps))
+    votes = np.zeros((len(query), 3))
+    for i in range(len(query)):
+        for j in order[i, :10]:
+            votes[i, g_labels[j]] += max(sims[i, j], 0.0)
+    out["vote_accuracy_at_10"] = float((votes.argmax(axis=1) == q_labels).mean())
+    return out
+
+
+# ----------------------------------------------------------------------------- prognosis
+
+
+def clinical_vector(row: dict[str, Any]) -> np.ndarray | None:
+    """Raw clinical features in ``spec.CLINICAL_FEATURES`` order, or None without clinical data."""
+    clin, demo = row.get("clinical"), row.get("demographics")
+    if not clin or not demo:
+        return None
+    values = {
+        **clin,
+        "age": demo["age"],
+        "sex_male": 1.0 if demo["sex"] == "M" else 0.0,
+        "comorbidity_count": len(demo.get("comorbidities", [])),
+    }
+    return np.array([float(values[k]) for k in CLINICAL_FEATURES], dtype=np.float32)
+
+
+def _fit_logistic(
+    x: np.ndarray, y: np.ndarray, l2: float = 1e-2
+) -> tuple[np.ndarray, np.ndarray, torch.nn.Linear]:
+    """Standardise and fit an L2-regularised logistic regression with LBFGS."""
+    mean, std = x.mean(axis=0), x.std(axis=0) + 1e-6
+    xt = torch.from_numpy((x - mean) / std).float()
+    yt = torch.from_numpy(y).float()[:, None]
+    lin = torch.nn.Linear(x.shape[1], 1)
+    opt = torch.optim.LBFGS(lin.parameters(), max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(lin(xt), yt) + l2 * lin.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return mean, std, lin
+
+
+def auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """ROC AUC by ranks (ties averaged)."""
+    from scipy.stats import rankdata
+
+    pos = labels == 1
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    ranks = rankdata(scores)
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def prognosis_features(
+    data: Data, embedder: Embedder
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Frozen embeddings, region features (from the truth maps), clinical vectors, labels."""
+    emb = predict(embedder, data.images)[0].numpy()
+    regions, clinical, labels, keep = [], [], [], []
+    for i, row in enumerate(data.rows):
+        clin = clinical_vector(row)
+        if clin is None or "outcome" not in row or data.lungs is None:
+            continue
+        img = data.images[i, 0].float().numpy()
+        hilum = to_input_frame(row["landmarks"]["left_hilum"]["model"])
+        regions.append(region_vector(region_table(img, data.lungs[i].numpy(), hilum)))
+        clinical.append(clin)
+        labels.append(row["outcome"]["intubation_72h"])
+        keep.append(i)
+    keep_idx = np.array(keep)
+    return emb[keep_idx], np.stack(regions), np.stack(clinical), np.array(labels), keep_idx
+
+
+def train_prognosis(
+    data: Data, embedder: Embedder, weights_dir: Path
+) -> tuple[PrognosisHead, dict[str, float]]:
+    """Fit the head on frozen features; report test AUC for clinical-only, image-only and both."""
+    emb, reg, clin, y, keep = prognosis_features(data, embedder)
+    split = data.split[keep]
+    tr, te = split == "train", split == "test"
+    sets = {
+        "clinical_only": clin,
+        "image_only": np.concatenate([emb, reg], axis=1),
+        "image_and_clinical": np.concatenate([emb, reg, clin], axis=1),
+    }
+    metrics = {}
+    fitted = {}
+    for name, x in sets.items():
+        mean, std, lin = _fit_logistic(x[tr], y[tr])
+        with torch.no_grad():
+            scores = lin(torch.from_numpy((x[te] - mean) / std).float()).numpy().ravel()
+        metrics[f"auc_{name}"] = auc(scores, y[te])
+        fitted[name] = (mean, std, lin)
+    metrics["test_positives"] = int(y[te].sum())
+    metrics["test_n"] = int(te.sum())
+    mean, std, lin = fitted["image_and_clinical"]
+    head = PrognosisHead()
+    with torch.no_grad():
+        head.mean.copy_(torch.from_numpy(mean))
+        head.std.copy_(torch.from_numpy(std))
+        head.linear.weight.copy_(lin.weight)
+        head.linear.bias.copy_(lin.bias)
+    weights_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(head.state_dict(), weights_dir / "prognosis_head.pt")
+    return head.eval(), metrics
+
+
+# ----------------------------------------------------------------------------- orchestration
+
+
+@dataclass
+class TrainConfig:
+    corpus: Path
+    out: Path = Path("runs")
+    weights: Path = Path("weights")
+    seed: int = 0
+    seg_epochs: int = 5
+    seg_limit: int = 800
+    landmark_epochs: int = 8
+    embed_epochs: int = 8
+    resume: bool = True
+    only: tuple[str, ...] = ()
+
+
+def load_weights(name: str, weights_dir: Path) -> torch.nn.Module:
+    model: torch.nn.Module
+    if name in SEG_MEMBERS:
+        model = Segmenter(name)
+    elif name == "cxr_landmarks":
+        model = Landmarker()
+    elif name == "cxr_embedder":
+        model = Embedder()
+    elif name == "prognosis_head":
+        model = PrognosisHead()
+    else:
+        raise ValueError(f"unknown model {name!r}")
+    model.load_state_dict(torch.load(weights_dir / f"{name}.pt", map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+def evaluate(data: Data, weights_dir: Path) -> dict[str, Any]:
+    """Test-split metrics of every model present in ``weights_dir``."""
+    te = data.index("test")
+    tr = data.index("train")
+    metrics: dict[str, Any] = {"test_studies": len(te)}
+    truth = data.lungs[te] if data.lungs is not None else None
+    if truth is not None and all((weights_dir / f"{m}.pt").exists() for m in SEG_MEMBERS):
+        total = None
+        members = {}
+        for name in SEG_MEMBERS:
+            probs = predict(load_weights(name, weights_dir), data.images[te])
+            members[name] = float(dice_scores(probs, truth).mean())
+            total = probs if total is None else total + probs
+        metrics["dice_members"] = members
+        metrics["dice_ensemble"] = float(dice_scores(total / len(SEG_MEMBERS), truth).mean())
+    if data.landmarks is not None and (weights_dir / "cxr_landmarks.pt").exists():
+        xy, _ = predict(load_weights("cxr_landmarks", weights_dir), data.images[te])
+        err_px = (xy - data.landmarks[te]).norm(dim=-1).numpy()
+        mm = np.array([mm_per_input_pixel(data.rows[i]) for i in te])[:, None]
+        err = err_px * mm
+        metrics["landmark_error_mm"] = {
+            "carina_mean": float(err[:, 0].mean()),
+            "left_hilum_mean": float(err[:, 1].mean()),
+            "mean": float(err.mean()),
+            "p95": float(np.percentile(err, 95)),
+        }
+    if (weights_dir / "cxr_embedder.pt").exists():
+        emb_model = load_weights("cxr_embedder", weights_dir)
+        g = predict(emb_model, data.images[tr])[0].numpy()
+        q = predict(emb_model, data.images[te])[0].numpy()
+        labels = np.array([DIAGNOSIS_INDEX[r["diagnosis"]] for r in data.rows])
+        metrics["retrieval"] = retrieval_metrics(q, labels[te], g, labels[tr])
+    return metrics
+
+
+def train_all(cfg: TrainConfig) -> dict[str, Any]:
+    _seed(cfg.seed)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    data = load_data(cfg.corpus)
+    todo = set(cfg.only) or {"seg", "landmarks", "embedder", "prognosis"}
+    if "seg" in todo:
+        for i, name in enumerate(SEG_MEMBERS):
+            _seed(cfg.seed + i)
+            train_segmenter(name, data, cfg.seg_epochs, cfg.out, cfg.weights, cfg.resume, cfg.seg_limit)
+    if "landmarks" in todo:
+        _seed(cfg.seed + 10)
+        train_landmarker(data, cfg.landmark_epochs, cfg.out, cfg.weights, cfg.resume)
+    if "embedder" in todo:
+        _seed(cfg.seed + 20)
+        train_embedder(data, cfg.embed_epochs, cfg.out, cfg.weights, cfg.resume)
+    metrics = evaluate(data, cfg.weights)
+    if "prognosis" in todo and (cfg.weights / "cxr_embedder.pt").exists():
+        _, prog = train_prognosis(data, load_weights("cxr_embedder", cfg.weights), cfg.weights)
+        metrics["prognosis"] = prog
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    (cfg.out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    return metrics

@@ -1,0 +1,136 @@
+"""Models, training loop and ONNX export (torch; CPU)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from cxrmesh.export.onnx_export import PARITY_TOLERANCE, check_parity, export_model
+
+from cxrmesh.models import nets
+from cxrmesh.models.spec import BY_NAME, EMBED_DIM, MODEL_INPUT
+from cxrmesh.models.train import TrainConfig, auc, load_data, retrieval_metrics, train_all
+from cxrmesh.quantify import region_table, region_vector
+from cxrmesh.synth.corpus import generate
+
+
+def test_soft_argmax_is_sub_pixel() -> None:
+    h = w = 64
+    ys, xs = np.mgrid[0:h, 0:w]
+    target = (20.3, 41.7)
+    g = np.exp(-((xs - target[0]) ** 2 + (ys - target[1]) ** 2) / (2 * 1.5**2))
+    logits = torch.from_numpy(np.log(g + 1e-12)).float()[None, None] / 8.0
+    xy, conf = nets.soft_argmax(logits, beta=8.0)
+    assert xy[0, 0, 0].item() == pytest.approx(target[0], abs=0.02)
+    assert xy[0, 0, 1].item() == pytest.approx(target[1], abs=0.02)
+    assert 0 < conf.item() <= 1
+
+
+def test_model_outputs_follow_the_spec() -> None:
+    x = torch.rand(2, 1, MODEL_INPUT, MODEL_INPUT)
+    with torch.no_grad():
+        emb, att = nets.Embedder().eval()(x)
+        assert emb.shape == (2, EMBED_DIM)
+        assert torch.allclose(emb.norm(dim=1), torch.ones(2), atol=1e-5)
+        assert tuple(att.shape[1:]) == BY_NAME["cxr_embedder"].outputs[1].dims
+        probs = nets.Segmenter("lung_seg_fpn").eval()(x)
+        assert tuple(probs.shape[1:]) == BY_NAME["lung_seg_fpn"].outputs[0].dims
+        assert torch.allclose(probs.sum(dim=1), torch.ones(2, MODEL_INPUT, MODEL_INPUT), atol=1e-5)
+        xy, conf = nets.Landmarker().eval()(x)
+        assert xy.shape == (2, 2, 2) and conf.shape == (2, 2)
+        assert ((xy >= -0.5) & (xy <= MODEL_INPUT - 0.5)).all()
+    with pytest.raises(ValueError, match="unknown segmentation member"):
+        nets.Segmenter("lung_seg_resnet9000")
+
+
+@pytest.mark.parametrize("name", ["cxr_embedder", "lung_seg_unet", "cxr_landmarks", "prognosis_head"])
+def test_onnx_export_matches_pytorch(tmp_path: Path, name: str) -> None:
+    torch.manual_seed(0)
+    model = {
+        "cxr_embedder": nets.Embedder,
+        "lung_seg_unet": lambda: nets.Segmenter("lung_seg_unet"),
+        "cxr_landmarks": nets.Landmarker,
+        "prognosis_head": nets.PrognosisHead,
+    }[name]().eval()
+    spec = BY_NAME[name]
+    path = export_model(model, spec, tmp_path / f"{name}.onnx")
+    parity = check_parity(model, spec, path, batches=(1, 3, 16))
+    assert parity.max_abs_diff <= PARITY_TOLERANCE, parity
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    assert [i.name for i in graph.input] == [t.name for t in spec.inputs]
+    assert [o.name for o in graph.output] == [t.name for t in spec.outputs]
+    assert not graph.input[0].type.tensor_type.shape.dim[0].HasField("dim_value")  # dynamic batch
+    assert not list(tmp_path.glob("*.data")), "export must be a single file"
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tiny") / "c"
+    generate(out, n=30, seed=21, write_dicom=False, workers=2)
+    return out
+
+
+def test_training_is_resumable_and_writes_metrics(tmp_path: Path, tiny_corpus: Path) -> None:
+    cfg = TrainConfig(
+        corpus=tiny_corpus,
+        out=tmp_path / "runs",
+        weights=tmp_path / "weights",
+        seg_epochs=1,
+        seg_limit=8,
+        landmark_epochs=1,
+        embed_epochs=1,
+        only=("landmarks", "embedder", "prognosis"),
+    )
+    metrics = train_all(cfg)
+    assert {"landmark_error_mm", "retrieval", "prognosis"} <= set(metrics)
+    assert json.loads((tmp_path / "runs" / "metrics.json").read_text()) == metrics
+    history = (tmp_path / "runs" / "cxr_landmarks" / "history.jsonl").read_text().splitlines()
+    assert len(history) == 1
+    # resume: asking for 2 epochs continues from the checkpoint instead of starting over
+    cfg.landmark_epochs = 2
+    cfg.only = ("landmarks",)
+    train_all(cfg)
+    history = (tmp_path / "runs" / "cxr_landmarks" / "history.jsonl").read_text().splitlines()
+    assert [json.loads(h)["epoch"] for h in history] == [1, 2]
+    for name in ("cxr_landmarks", "cxr_embedder", "prognosis_head"):
+        assert (tmp_path / "weights" / f"{name}.pt").is_file()
+
+
+def test_load_data_puts_truth_in_the_input_frame(tiny_corpus: Path) -> None:
+    data = load_data(tiny_corpus, limit=4)
+    assert data.images.shape == (4, 1, MODEL_INPUT, MODEL_INPUT)
+    assert data.lungs is not None and set(torch.unique(data.lungs).tolist()) == {0, 1, 2}
+    lm = data.landmarks
+    assert lm is not None and ((lm > 0) & (lm < MODEL_INPUT)).all()
+    # the carina lies between the lungs in the input frame as in the model frame
+    for i in range(4):
+        x, y = lm[i, 0].round().long().tolist()
+        assert data.lungs[i, y, x] == 0
+
+
+def test_retrieval_metrics_and_auc_on_known_data() -> None:
+    g = np.eye(3, dtype=np.float32)[[0, 0, 1, 1, 2, 2]]
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    m = retrieval_metrics(g[[0, 2, 4]], np.array([0, 1, 2]), g, labels)
+    assert m["precision_at_1"] == 1.0 and m["map_at_r"] == 1.0 and m["vote_accuracy_at_10"] == 1.0
+    assert auc(np.array([0.1, 0.2, 0.8, 0.9]), np.array([0, 0, 1, 1])) == 1.0
+    assert auc(np.array([0.9, 0.8, 0.2, 0.1]), np.array([0, 0, 1, 1])) == 0.0
+
+
+def test_region_table_measures_what_is_there() -> None:
+    image = np.full((100, 100), 0.3, dtype=np.float32)
+    lungs = np.zeros((100, 100), dtype=np.uint8)
+    lungs[10:90, 10:45] = 1
+    lungs[10:90, 55:90] = 2
+    image[60:90, 55:90] = 0.8  # dense opacity filling the left lower zone
+    table = region_table(image, lungs, (60.0, 50.0))
+    assert table["left_lower"]["opacity_fraction"] == pytest.approx(30 / 40)
+    assert table["right_upper"]["opacity_fraction"] == 0.0
+    assert sum(r["area_fraction"] for r in table.values()) == pytest.approx(1.0)
+    assert table["left_lower"]["mean_intensity"] > table["right_lower"]["mean_intensity"]
+    assert region_vector(table).shape == (12,)
