@@ -28,17 +28,17 @@ demo: $(STAMP)
 	@echo "demo corpus: $(DEMO)/corpus  pictures: $(DEMO)/*.png  served-model scores: $(DEMO)/models.json"
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests export benchmarks
+	$(BIN)/ruff format --check src tests export benchmarks
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests export benchmarks
+	$(BIN)/ruff format --check src tests export benchmarks
 
 format: $(STAMP)
-	$(BIN)/ruff format src tests
-	$(BIN)/ruff check --fix src tests
+	$(BIN)/ruff format src tests export benchmarks
+	$(BIN)/ruff check --fix src tests export benchmarks
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxrmesh.models.spec import MAX_BATCH, ONNX_MODELS, ModelSpec
+from cxrmesh.models.spec import MAX_BATCH, ONNX_MODELS, ModelSpec, example_inputs
 
 OPSET = 18
 PARITY_TOLERANCE = 1e-4
@@ -28,22 +28,6 @@ class Parity:
     @property
     def ok(self) -> bool:
         return self.max_abs_diff <= PARITY_TOLERANCE
-
-
-def example_inputs(spec: ModelSpec, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random inputs in each tensor's natural range (images in [0, 1])."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for t in spec.inputs:
-        shape = (batch, *t.dims)
-        if t.name == "image":
-            out[t.name] = rng.random(shape, dtype=np.float32)
-        elif t.name == "embedding":
-            v = rng.standard_normal(shape).astype(np.float32)
-            out[t.name] = v / np.linalg.norm(v, axis=1, keepdims=True)
-        else:
-            out[t.name] = rng.random(shape, dtype=np.float32)
-    return out
 
 
 def export_model(model: torch.nn.Module, spec: ModelSpec, path: Path) -> Path:

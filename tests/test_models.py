@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cxrmesh.export.onnx_export import PARITY_TOLERANCE, check_parity, export_model
 
+from cxrmesh.export.onnx_export import PARITY_TOLERANCE, check_parity, export_model
 from cxrmesh.models import nets
 from cxrmesh.models.spec import BY_NAME, EMBED_DIM, MODEL_INPUT
 from cxrmesh.models.train import TrainConfig, auc, load_data, retrieval_metrics, train_all

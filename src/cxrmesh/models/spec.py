@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from cxrmesh.contract import MODEL_SIZE
 
 MODEL_INPUT = 256  # pixels per side seen by every image model
@@ -121,3 +123,17 @@ PROGNOSIS = ModelSpec(
 ALL_MODELS: tuple[ModelSpec, ...] = (EMBEDDER, *SEGMENTERS, SEG_ENSEMBLE, LANDMARKER, PROGNOSIS)
 ONNX_MODELS: tuple[ModelSpec, ...] = (EMBEDDER, *SEGMENTERS, LANDMARKER, PROGNOSIS)
 BY_NAME = {m.name: m for m in ALL_MODELS}
+
+
+def example_inputs(spec: ModelSpec, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs for ``spec`` in each tensor's natural range (images in [0, 1], unit embeddings)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for t in spec.inputs:
+        shape = (batch, *t.dims)
+        if t.name == "embedding":
+            v = rng.standard_normal(shape).astype(np.float32)
+            out[t.name] = v / np.linalg.norm(v, axis=1, keepdims=True)
+        else:
+            out[t.name] = rng.random(shape, dtype=np.float32)
+    return out

@@ -1,0 +1,231 @@
+"""Writes the Triton model repository that serves cxrmesh on GPU (TensorRT) and on CPU (ONNX Runtime).
+
+One repository, two serving profiles chosen at server start:
+
+* ``<model>/config.pbtxt`` - the GPU profile: ``tensorrt_plan`` on ``KIND_GPU`` from ``<version>/model.plan``
+  (built on the target GPU by ``python -m cxrmesh.export.build_trt``);
+* ``<model>/configs/cpu.pbtxt`` - the CPU profile, picked by ``tritonserver --model-config-name=cpu``:
+  the python backend on ``KIND_CPU`` running ``<version>/model.onnx`` with ONNX Runtime through the
+  one shared ``<version>/model.py`` (``triton_models/onnx_runtime_model.py``).
+
+``lung_seg_ensemble`` is a python BLS model (``triton_models/seg_ensemble_model.py``) in both profiles:
+it holds no weights and calls whichever members the profile serves. Every tensor name, dtype and dim
+comes from ``cxrmesh.models.spec``; configs are built as ``ModelConfig`` protobuf messages and
+printed with ``text_format``, so they always parse and never drift from the spec.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from cxrmesh.models.spec import BY_NAME, ONNX_MODELS, SEG_ENSEMBLE, ModelSpec, Tensor
+
+CONFIG_FILE = "config.pbtxt"
+CPU_PROFILE = "cpu"  # the --model-config-name of the CPU profile
+ONNX_FILE = "model.onnx"
+PLAN_FILE = "model.plan"
+PYTHON_FILE = "model.py"
+CARD_FILE = "model_card.md"
+ONNX_RUNTIME_MODEL = "onnx_runtime_model.py"
+SEG_ENSEMBLE_MODEL = "seg_ensemble_model.py"
+COMPOSITE_MODELS: tuple[ModelSpec, ...] = (SEG_ENSEMBLE,)
+
+
+@dataclass(frozen=True)
+class Batching:
+    """Dynamic-batching policy shared by every model: a short wait buys larger, cheaper batches."""
+
+    preferred: tuple[int, ...] = (4, 8, 16)
+    max_queue_delay_us: int = 2000
+
+
+def _io(
+    tensor: Tensor, message: type[mc.ModelInput] | type[mc.ModelOutput]
+) -> mc.ModelInput | mc.ModelOutput:
+    return message(name=tensor.name, data_type=mc.DataType.Value(tensor.dtype), dims=list(tensor.dims))
+
+
+def _base(spec: ModelSpec, batching: Batching | None) -> mc.ModelConfig:
+    """What both profiles share: name, batch limit, tensors, batching and version policy."""
+    batching = batching or Batching()
+    return mc.ModelConfig(
+        name=spec.name,
+        max_batch_size=spec.max_batch_size,
+        input=[_io(t, mc.ModelInput) for t in spec.inputs],
+        output=[_io(t, mc.ModelOutput) for t in spec.outputs],
+        dynamic_batching=mc.ModelDynamicBatching(
+            preferred_batch_size=[b for b in batching.preferred if b <= spec.max_batch_size],
+            max_queue_delay_microseconds=batching.max_queue_delay_us,
+        ),
+        version_policy=mc.ModelVersionPolicy(latest=mc.ModelVersionPolicy.Latest(num_versions=1)),
+    )
+
+
+def _parameters(config: mc.ModelConfig, values: Mapping[str, str]) -> None:
+    for key, value in values.items():
+        config.parameters[key].string_value = value
+
+
+def gpu_config(spec: ModelSpec, batching: Batching | None = None) -> mc.ModelConfig:
+    """GPU profile of an ONNX model: the TensorRT plan, one instance on the GPU."""
+    config = _base(spec, batching)
+    config.platform = "tensorrt_plan"
+    config.default_model_filename = PLAN_FILE
+    config.instance_group.append(mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_GPU, count=1))
+    return config
+
+
+def cpu_config(
+    spec: ModelSpec, batching: Batching | None = None, intra_op_threads: int = 0
+) -> mc.ModelConfig:
+    """CPU profile of an ONNX model: ONNX Runtime in the python backend, one CPU instance."""
+    config = _base(spec, batching)
+    config.backend = "python"
+    config.instance_group.append(mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=1))
+    _parameters(config, {"onnx_file": ONNX_FILE, "intra_op_threads": str(intra_op_threads)})
+    return config
+
+
+def ensemble_config(spec: ModelSpec = SEG_ENSEMBLE, batching: Batching | None = None) -> mc.ModelConfig:
+    """Both profiles of the segmentation ensemble: a python BLS model on the CPU that calls the members."""
+    members = [BY_NAME[name] for name in spec.members]
+    (member_input,) = {m.inputs for m in members}  # members must share one contract
+    (member_output,) = {m.outputs for m in members}
+    if len(member_input) != 1 or len(member_output) != 1 or len(spec.inputs) != 1:
+        raise ValueError(f"{spec.name}: the BLS ensemble expects single-input, single-output members")
+    (probs,) = member_output
+    (mean,) = [t for t in spec.outputs if t.dims == probs.dims]
+    (stack,) = [t for t in spec.outputs if t.dims == (len(members), *probs.dims)]
+    config = _base(spec, batching)
+    config.backend = "python"
+    config.instance_group.append(mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=1))
+    _parameters(
+        config,
+        {
+            "members": ",".join(spec.members),
+            "member_input": member_input[0].name,
+            "member_output": probs.name,
+            "mean_output": mean.name,
+            "stack_output": stack.name,
+        },
+    )
+    return config
+
+
+def config_text(config: mc.ModelConfig) -> str:
+    """The config in Triton's ``config.pbtxt`` text format."""
+    return text_format.MessageToString(config)
+
+
+def read_config(path: Path) -> mc.ModelConfig:
+    """Parse a ``config.pbtxt`` the way Triton does (protobuf text format)."""
+    return text_format.Parse(path.read_text(), mc.ModelConfig())
+
+
+def _tensor_rows(direction: str, tensors: Sequence[Tensor], max_batch: int) -> list[str]:
+    return [
+        f"| {direction} | `{t.name}` | {t.dtype} | [1..{max_batch}, {', '.join(map(str, t.dims))}] |"
+        for t in tensors
+    ]
+
+
+def default_card(spec: ModelSpec) -> str:
+    """A model card stub with the serving contract; data, training and metrics are left to be filled."""
+    lines = [
+        f"# {spec.name}",
+        "",
+        spec.description,
+        "",
+        "## Serving contract",
+        "",
+        f"Batched (max batch {spec.max_batch_size}); dims below include the leading batch dimension.",
+        "",
+        "| direction | tensor | dtype | shape |",
+        "| --- | --- | --- | --- |",
+        *_tensor_rows("input", spec.inputs, spec.max_batch_size),
+        *_tensor_rows("output", spec.outputs, spec.max_batch_size),
+        "",
+    ]
+    if spec.members:
+        lines += [f"Members: {', '.join(f'`{m}`' for m in spec.members)}.", ""]
+    lines += ["## Training data", "", "_To be filled._", "", "## Metrics", "", "_To be filled._", ""]
+    return "\n".join(lines)
+
+
+def _template(name: str) -> str:
+    return resources.files("cxrmesh.export").joinpath("triton_models", name).read_text()
+
+
+def _copy_onnx(source: Path, target: Path) -> None:
+    """Copy an ONNX model as one self-contained file; weights the exporter kept outside are pulled in.
+
+    Torch's exporter may write ``<name>.onnx.data`` beside the graph, referenced by that file name,
+    which would dangle once the graph is renamed to ``model.onnx``.
+    """
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    graph_only = onnx.load(str(source), load_external_data=False)
+    if not any(uses_external_data(t) for t in graph_only.graph.initializer):
+        shutil.copyfile(source, target)
+        return
+    onnx.save_model(onnx.load(str(source)), str(target), save_as_external_data=False)
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def write_repository(
+    onnx_dir: Path,
+    out: Path,
+    *,
+    version: int = 1,
+    cards: Mapping[str, str] | None = None,
+    batching: Batching | None = None,
+    intra_op_threads: int = 0,
+) -> list[str]:
+    """Write every model of ``cxrmesh.models.spec`` into the repository ``out``; returns the model names.
+
+    ``onnx_dir`` holds ``<name>.onnx`` for each ONNX model. ``cards`` maps model names to model-card
+    Markdown; models without one get ``default_card``. ``intra_op_threads`` goes to ONNX Runtime in the
+    CPU profile (0 = one per core). Files this function does not write (a ``model.plan`` from
+    ``build_trt``) are left alone, so rebuild plans after writing new ONNX files.
+    """
+    missing = [s.name for s in ONNX_MODELS if not (onnx_dir / f"{s.name}.onnx").is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"no ONNX file in {onnx_dir} for: {', '.join(missing)} (expected <name>.onnx)"
+        )
+    cards = dict(cards or {})
+    unknown = set(cards) - set(BY_NAME)
+    if unknown:
+        raise ValueError(f"model cards for unknown models: {sorted(unknown)}")
+
+    runtime_py, ensemble_py = _template(ONNX_RUNTIME_MODEL), _template(SEG_ENSEMBLE_MODEL)
+    for spec in ONNX_MODELS:
+        model_dir = out / spec.name
+        _write(model_dir / CONFIG_FILE, config_text(gpu_config(spec, batching)))
+        _write(
+            model_dir / "configs" / f"{CPU_PROFILE}.pbtxt",
+            config_text(cpu_config(spec, batching, intra_op_threads)),
+        )
+        _write(model_dir / str(version) / PYTHON_FILE, runtime_py)
+        _copy_onnx(onnx_dir / f"{spec.name}.onnx", model_dir / str(version) / ONNX_FILE)
+        _write(model_dir / CARD_FILE, cards.get(spec.name, default_card(spec)))
+    for spec in COMPOSITE_MODELS:
+        model_dir = out / spec.name
+        text = config_text(ensemble_config(spec, batching))
+        _write(model_dir / CONFIG_FILE, text)
+        _write(model_dir / "configs" / f"{CPU_PROFILE}.pbtxt", text)
+        _write(model_dir / str(version) / PYTHON_FILE, ensemble_py)
+        _write(model_dir / CARD_FILE, cards.get(spec.name, default_card(spec)))
+    return [s.name for s in (*ONNX_MODELS, *COMPOSITE_MODELS)]
