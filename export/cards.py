@@ -114,3 +114,39 @@ def model_card(name: str, metrics: dict[str, Any]) -> str:
 
 def all_cards(metrics: dict[str, Any]) -> dict[str, str]:
     return {name: model_card(name, metrics) for name in BY_NAME}
+
+
+def results_table(m: dict[str, Any]) -> str:
+    """The metrics of a training run as the Markdown table in docs/models.md."""
+    rows = ["| measure | value | target |", "| --- | --- | --- |"]
+    if "dice_members" in m:
+        for name, v in m["dice_members"].items():
+            rows.append(f"| Dice, {name} | {v:.4f} | |")
+        best = max(m["dice_members"].values())
+        rows.append(
+            f"| **Dice, ensemble** | **{m['dice_ensemble']:.4f}** | ≥ 0.95 and > best member ({best:.4f}) |"
+        )
+    if "landmark_error_mm" in m:
+        e = m["landmark_error_mm"]
+        rows.append(f"| landmark error, carina (mean) | {e['carina_mean']:.2f} mm | |")
+        rows.append(f"| landmark error, left hilum (mean) | {e['left_hilum_mean']:.2f} mm | |")
+        rows.append(
+            f"| **landmark error, mean** (95th pct) | **{e['mean']:.2f} mm** ({e['p95']:.2f}) | ≤ 5 mm |"
+        )
+    if "retrieval" in m:
+        r = m["retrieval"]
+        rows.append(
+            f"| retrieval precision@1 / @5 | {r['precision_at_1']:.3f} / {r['precision_at_5']:.3f} | |"
+        )
+        rows.append(f"| **retrieval precision@10** | **{r['precision_at_10']:.3f}** | ≥ 0.90 |")
+        rows.append(f"| retrieval mAP@R | {r['map_at_r']:.3f} | |")
+        rows.append(f"| **diagnosis by neighbour vote (10)** | **{r['vote_accuracy_at_10']:.3f}** | ≥ 0.90 |")
+    if "prognosis" in m:
+        p = m["prognosis"]
+        rows.append(f"| prognosis AUC, clinical only | {p['auc_clinical_only']:.3f} | |")
+        rows.append(f"| prognosis AUC, image only | {p['auc_image_only']:.3f} | |")
+        rows.append(
+            f"| **prognosis AUC, image + clinical** | **{p['auc_image_and_clinical']:.3f}** "
+            "| > clinical only |"
+        )
+    return "\n".join(rows)

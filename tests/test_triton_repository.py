@@ -37,18 +37,10 @@ from cxrmesh.models.spec import (
 TOLERANCE = 1e-5
 
 
-def onnx_dir_for(tmp: Path) -> Path:
-    """The ONNX files under test: the real exports once ``cxrmesh.export`` offers them, else stand-ins.
-
-    ``cxrmesh.export.onnx_dir_for_tests(scratch: Path) -> Path`` returns a directory of ``<name>.onnx``.
-    """
-    return cxrmesh.export.onnx_dir_for_tests(tmp)
-
-
 def repository_for_tests(tmp: Path, onnx_dir: Path | None = None) -> Path:
     """A complete repository under ``tmp`` (one ORT thread per model: the test machine has 2 cores)."""
     repo = tmp / "repository"
-    write_repository(onnx_dir or onnx_dir_for(tmp / "onnx"), repo, intra_op_threads=1)
+    write_repository(onnx_dir or cxrmesh.export.onnx_dir_for_tests(tmp / "onnx"), repo, intra_op_threads=1)
     return repo
 
 
@@ -299,3 +291,15 @@ def test_build_trt_says_why_it_cannot_run_here(repository: Path) -> None:
     assert "TensorRT" in lines[0] or "GPU" in lines[0]
     assert "target GPU" in lines[0]
     assert not any((repository / s.name / "1" / "model.plan").exists() for s in ONNX_MODELS)
+
+
+def test_served_models_find_lungs_and_landmarks_on_held_out_studies(
+    client: grpcclient.InferenceServerClient, corpus: Path, manifest: list[dict]
+) -> None:
+    """The committed models, served, on a corpus drawn with a seed training never saw."""
+    from cxrmesh.models_demo import score_study
+
+    scores = [score_study(client, corpus, row) for row in manifest[:8]]
+    assert np.mean([s["dice"] for s in scores]) >= 0.93, scores
+    assert np.mean([s["landmark_error_mm"] for s in scores]) <= 8.0, scores
+    assert all(abs(s["embedding_norm"] - 1.0) < 1e-3 for s in scores)

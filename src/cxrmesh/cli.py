@@ -84,7 +84,7 @@ def train(
     ] = "",
     seg_epochs: Annotated[int, typer.Option("--seg-epochs", min=1)] = 5,
     landmark_epochs: Annotated[int, typer.Option("--landmark-epochs", min=1)] = 8,
-    embed_epochs: Annotated[int, typer.Option("--embed-epochs", min=1)] = 8,
+    embed_epochs: Annotated[int, typer.Option("--embed-epochs", min=1)] = 40,
     fresh: Annotated[
         bool, typer.Option("--fresh", help="Ignore existing checkpoints instead of resuming.")
     ] = False,

@@ -36,43 +36,41 @@ def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean(scores))
 
 
+def score_study(client, corpus: Path, row: dict[str, Any]) -> dict[str, Any]:
+    """One corpus study through the served ensemble, landmarks and embedder, scored against its truth."""
+    from cxrmesh.models.train import mm_per_input_pixel, to_input_frame
+
+    display = np.asarray(Image.open(corpus / row["paths"]["image"]), dtype=np.float32) / TRAINING_COPY_MAX
+    image = model_input(display)
+    seg = _infer(client, SEG_ENSEMBLE, image, ["probs"])["probs"][0]
+    lm = _infer(client, LANDMARKER, image, ["landmarks", "confidence"])
+    emb = _infer(client, EMBEDDER, image, ["embedding"])["embedding"][0]
+    f = MODEL_SIZE // MODEL_INPUT
+    truth = np.asarray(Image.open(corpus / row["paths"]["lungs"]))[f // 2 :: f, f // 2 :: f]
+    expected = np.array([to_input_frame(row["landmarks"][k]["model"]) for k in ("carina", "left_hilum")])
+    err_mm = np.linalg.norm(lm["landmarks"][0] - expected, axis=1) * mm_per_input_pixel(row)
+    return {
+        "study": row["sop_instance_uid"][-12:],
+        "site": row["site"],
+        "diagnosis": row["diagnosis"],
+        "dice": round(_dice(seg.argmax(axis=0), truth), 4),
+        "landmark_error_mm": [round(float(e), 2) for e in err_mm],
+        "embedding_norm": round(float(np.linalg.norm(emb)), 4),
+    }
+
+
 def run(repository: Path, corpus: Path, n: int = 6) -> dict[str, Any]:
     import tritonclient.grpc as grpcclient
 
     from cxrmesh.export.triton_launch import running_server
-    from cxrmesh.models.train import mm_per_input_pixel, to_input_frame
 
     rows = read_manifest(corpus)[:n]
-    report: dict[str, Any] = {"studies": []}
+    report: dict[str, Any] = {}
     with running_server(repository) as server, grpcclient.InferenceServerClient(server.grpc_url) as client:
         report["models"] = sorted(
             m["name"] for m in client.get_model_repository_index(as_json=True)["models"]
         )
-        for row in rows:
-            display = (
-                np.asarray(Image.open(corpus / row["paths"]["image"]), dtype=np.float32) / TRAINING_COPY_MAX
-            )
-            image = model_input(display)
-            seg = _infer(client, SEG_ENSEMBLE, image, ["probs"])["probs"][0]
-            lm = _infer(client, LANDMARKER, image, ["landmarks", "confidence"])
-            emb = _infer(client, EMBEDDER, image, ["embedding"])["embedding"][0]
-            truth = np.asarray(Image.open(corpus / row["paths"]["lungs"]))
-            f = MODEL_SIZE // MODEL_INPUT
-            truth = truth[f // 2 :: f, f // 2 :: f]
-            expected = np.array(
-                [to_input_frame(row["landmarks"][k]["model"]) for k in ("carina", "left_hilum")]
-            )
-            err_mm = np.linalg.norm(lm["landmarks"][0] - expected, axis=1) * mm_per_input_pixel(row)
-            report["studies"].append(
-                {
-                    "study": row["sop_instance_uid"][-12:],
-                    "site": row["site"],
-                    "diagnosis": row["diagnosis"],
-                    "dice": round(_dice(seg.argmax(axis=0), truth), 4),
-                    "landmark_error_mm": [round(float(e), 2) for e in err_mm],
-                    "embedding_norm": round(float(np.linalg.norm(emb)), 4),
-                }
-            )
+        report["studies"] = [score_study(client, corpus, row) for row in rows]
     report["mean_dice"] = float(np.mean([s["dice"] for s in report["studies"]]))
     report["mean_landmark_error_mm"] = float(np.mean([s["landmark_error_mm"] for s in report["studies"]]))
     return report

@@ -55,9 +55,8 @@ class Embedder(nn.Module):
             nn.Conv2d(ch, 192, 3, padding=1), nn.BatchNorm2d(192), nn.ReLU(inplace=True)
         )
         self.attend = nn.Sequential(nn.Conv2d(192, 64, 1), nn.ReLU(inplace=True), nn.Conv2d(64, 1, 1))
-        self.head = nn.Sequential(
-            nn.Linear(192, 256), nn.BatchNorm1d(256), nn.ReLU(inplace=True), nn.Linear(256, dim)
-        )
+        # no bias on the last layer: a shared offset pulls every embedding towards one direction
+        self.head = nn.Sequential(nn.Linear(192, 256), nn.ReLU(inplace=True), nn.Linear(256, dim, bias=False))
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feats = self.refine(self.backbone(_prepare(image))[-1])
@@ -101,14 +100,20 @@ class Segmenter(nn.Module):
 def soft_argmax(heatmaps: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Sub-pixel (x, y) of each heatmap channel by a spatial softmax, plus its peak probability.
 
-    Coordinates are in pixels of the heatmap with pixel centres at integers.
+    Coordinates are in pixels of the heatmap with pixel centres at integers. The expectation is
+    taken relative to the arg-max pixel (mathematically the same as the plain soft-argmax): offsets
+    near the peak are small, so float32 rounding stays ~1e-6 px and ONNX matches PyTorch.
     """
     n, c, h, w = heatmaps.shape
-    prob = torch.softmax(heatmaps.reshape(n, c, h * w) * beta, dim=-1).reshape(n, c, h, w)
-    ys = torch.arange(h, dtype=heatmaps.dtype, device=heatmaps.device)
+    flat = heatmaps.reshape(n, c, h * w)
+    prob = torch.softmax(flat * beta, dim=-1).reshape(n, c, h, w)
+    peak = flat.argmax(dim=-1)
+    py = torch.div(peak, w, rounding_mode="floor").to(heatmaps.dtype)
+    px = (peak - torch.div(peak, w, rounding_mode="floor") * w).to(heatmaps.dtype)
     xs = torch.arange(w, dtype=heatmaps.dtype, device=heatmaps.device)
-    x = (prob.sum(dim=2) * xs).sum(dim=-1)
-    y = (prob.sum(dim=3) * ys).sum(dim=-1)
+    ys = torch.arange(h, dtype=heatmaps.dtype, device=heatmaps.device)
+    x = px + (prob.sum(dim=2) * (xs[None, None, :] - px[..., None])).sum(dim=-1)
+    y = py + (prob.sum(dim=3) * (ys[None, None, :] - py[..., None])).sum(dim=-1)
     return torch.stack([x, y], dim=-1), prob.reshape(n, c, h * w).amax(dim=-1)
 
 

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from cxrmesh.contract import MODEL_SIZE, TRAINING_COPY_MAX
 from cxrmesh.models.nets import WORK, Embedder, Landmarker, PrognosisHead, Segmenter, soft_argmax
-from cxrmesh.models.spec import CLINICAL_FEATURES, MODEL_INPUT, SEG_MEMBERS
+from cxrmesh.models.spec import CLINICAL_FEATURES, EMBED_DIM, MODEL_INPUT, SEG_MEMBERS
 from cxrmesh.quantify import region_table, region_vector
 from cxrmesh.synth.corpus import read_manifest
 
@@ -240,15 +240,23 @@ def mm_per_input_pixel(row: dict[str, Any]) -> float:
 # ----------------------------------------------------------------------------- embedder
 
 
-def train_embedder(data: Data, epochs: int, run_dir: Path, weights_dir: Path, resume: bool) -> Embedder:
+def train_embedder(
+    data: Data, epochs: int, run_dir: Path, weights_dir: Path, resume: bool, aux_weight: float = 0.0
+) -> Embedder:
+    """Multi-similarity loss with its hard-pair miner over class-balanced batches.
+
+    ``aux_weight`` > 0 adds a cross-entropy term from a linear probe on the embedding (the probe is
+    discarded after training); 0 trains with the metric loss alone, as the retrieval paper does.
+    """
     from pytorch_metric_learning import losses, miners, samplers
 
     model = Embedder()
+    probe = torch.nn.Linear(EMBED_DIM, len(DIAGNOSIS_INDEX))
     train_idx = data.index("train")
     labels = np.array([DIAGNOSIS_INDEX[data.rows[i]["diagnosis"]] for i in train_idx])
     loss_fn = losses.MultiSimilarityLoss(alpha=2.0, beta=50.0, base=0.5)
     miner = miners.MultiSimilarityMiner(epsilon=0.1)
-    batch = 48
+    batch = 30
     sampler = samplers.MPerClassSampler(
         labels, m=batch // 3, batch_size=batch, length_before_new_iter=max(len(labels), batch)
     )
@@ -259,9 +267,15 @@ def train_embedder(data: Data, epochs: int, run_dir: Path, weights_dir: Path, re
             b = train_idx[order[i : i + batch]]
             y = torch.as_tensor(labels[order[i : i + batch]])
             emb, _ = model(_augment(data.images[b].float()))
-            yield loss_fn(emb, y, miner(emb, y))
+            loss = loss_fn(emb, y, miner(emb, y))
+            if aux_weight:
+                loss = loss + aux_weight * F.cross_entropy(probe(emb) * 10.0, y)
+            yield loss
 
-    return _run("cxr_embedder", model, epochs, steps, run_dir, weights_dir, 2e-3, resume)
+    trained = torch.nn.ModuleDict({"model": model, "probe": probe})
+    _run("cxr_embedder", trained, epochs, steps, run_dir, weights_dir, 1e-3, resume)
+    torch.save(model.state_dict(), weights_dir / "cxr_embedder.pt")
+    return model.eval()
 
 
 def retrieval_metrics(
@@ -401,7 +415,8 @@ class TrainConfig:
     seg_epochs: int = 5
     seg_limit: int = 800
     landmark_epochs: int = 8
-    embed_epochs: int = 8
+    embed_epochs: int = 40
+    embed_aux_weight: float = 1.0
     resume: bool = True
     only: tuple[str, ...] = ()
 
@@ -471,7 +486,7 @@ def train_all(cfg: TrainConfig) -> dict[str, Any]:
         train_landmarker(data, cfg.landmark_epochs, cfg.out, cfg.weights, cfg.resume)
     if "embedder" in todo:
         _seed(cfg.seed + 20)
-        train_embedder(data, cfg.embed_epochs, cfg.out, cfg.weights, cfg.resume)
+        train_embedder(data, cfg.embed_epochs, cfg.out, cfg.weights, cfg.resume, cfg.embed_aux_weight)
     metrics = evaluate(data, cfg.weights)
     if "prognosis" in todo and (cfg.weights / "cxr_embedder.pt").exists():
         _, prog = train_prognosis(data, load_weights("cxr_embedder", cfg.weights), cfg.weights)
