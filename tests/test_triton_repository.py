@@ -303,3 +303,18 @@ def test_served_models_find_lungs_and_landmarks_on_held_out_studies(
     assert np.mean([s["dice"] for s in scores]) >= 0.93, scores
     assert np.mean([s["landmark_error_mm"] for s in scores]) <= 8.0, scores
     assert all(abs(s["embedding_norm"] - 1.0) < 1e-3 for s in scores)
+
+
+def test_committed_repository_is_what_the_writer_produces(tmp_path: Path) -> None:
+    """model_repository/ is generated: its configs and per-model model.py copies must not drift."""
+    committed = cxrmesh.export.REPOSITORY
+    regenerated = tmp_path / "repo"
+    write_repository(cxrmesh.export.onnx_dir_for_tests(tmp_path / "onnx"), regenerated)
+    generated = sorted(
+        p.relative_to(regenerated) for p in regenerated.rglob("*") if p.suffix in {".pbtxt", ".py"}
+    )
+    assert generated, "writer produced no configs"
+    for rel in generated:
+        assert (committed / rel).read_text() == (regenerated / rel).read_text(), (
+            f"{rel} differs: rerun cxrmesh export"
+        )

@@ -18,6 +18,7 @@ Layout of ``out/``::
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import multiprocessing as mp
@@ -172,24 +173,10 @@ def plan_corpus(seed: int, n_studies: int) -> list[PatientPlan]:
         plan = plan_patient(seed, index)
         take = min(len(plan.studies), n_studies - total)
         if take:
-            plans.append(_replace_studies(plan, plan.studies[:take]))
+            plans.append(dataclasses.replace(plan, studies=plan.studies[:take]))
             total += take
         index += 1
     return plans
-
-
-def _replace_studies(plan: PatientPlan, studies: tuple[StudyPlan, ...]) -> PatientPlan:
-    return PatientPlan(
-        plan.index,
-        plan.site,
-        plan.diagnosis,
-        plan.demographics,
-        plan.anatomy,
-        plan.focus,
-        plan.split,
-        plan.admission,
-        studies,
-    )
 
 
 @dataclass(frozen=True)
