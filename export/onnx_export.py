@@ -61,19 +61,13 @@ def radiographs(n: int = 16) -> np.ndarray:
     softmax is flat, and the soft-argmax then magnifies float32 rounding into coordinate noise that
     says nothing about the exported graph.
     """
-    from PIL import Image
-
-    from cxrmesh.contract import TRAINING_COPY_MAX
     from cxrmesh.inference import model_input
-    from cxrmesh.synth.corpus import generate
+    from cxrmesh.synth.corpus import generate, read_training_copy
 
     with tempfile.TemporaryDirectory(prefix="cxrmesh-parity-") as tmp:
         out = Path(tmp) / "c"
         generate(out, n=n, seed=0, write_dicom=False, workers=1)
-        images = [
-            model_input(np.asarray(Image.open(p), dtype=np.float32) / TRAINING_COPY_MAX)[0]
-            for p in sorted((out / "images").glob("*.png"))
-        ]
+        images = [model_input(read_training_copy(p))[0] for p in sorted((out / "images").glob("*.png"))]
     return np.stack(images)
 
 

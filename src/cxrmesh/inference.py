@@ -23,6 +23,11 @@ def model_input(display_512: np.ndarray) -> np.ndarray:
     return pooled[None, None].astype(np.float32)
 
 
+def input_labels(labels_512: np.ndarray) -> np.ndarray:
+    """A MODEL_SIZE^2 label map in the model-input frame (nearest: the centre pixel of each block)."""
+    return np.ascontiguousarray(labels_512[POOL // 2 :: POOL, POOL // 2 :: POOL])
+
+
 @dataclass
 class Findings:
     lungs: np.ndarray  # (MODEL_INPUT, MODEL_INPUT) uint8 labels

@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from cxrmesh.contract import MODEL_SIZE, TRAINING_COPY_MAX
-from cxrmesh.inference import model_input
-from cxrmesh.models.spec import EMBEDDER, LANDMARKER, MODEL_INPUT, SEG_ENSEMBLE
-from cxrmesh.synth.corpus import read_manifest
+from cxrmesh.inference import input_labels, model_input
+from cxrmesh.models.spec import EMBEDDER, LANDMARKER, SEG_ENSEMBLE
+from cxrmesh.quantify import lung_dice
+from cxrmesh.synth.corpus import read_manifest, read_training_copy
 
 
 def _infer(client, spec, image: np.ndarray, outputs: list[str]) -> dict[str, np.ndarray]:
@@ -28,32 +28,22 @@ def _infer(client, spec, image: np.ndarray, outputs: list[str]) -> dict[str, np.
     return {o: res.as_numpy(o) for o in outputs}
 
 
-def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    scores = []
-    for cls in (1, 2):
-        p, t = pred == cls, truth == cls
-        scores.append(2 * (p & t).sum() / max(1, p.sum() + t.sum()))
-    return float(np.mean(scores))
-
-
 def score_study(client, corpus: Path, row: dict[str, Any]) -> dict[str, Any]:
     """One corpus study through the served ensemble, landmarks and embedder, scored against its truth."""
     from cxrmesh.models.train import mm_per_input_pixel, to_input_frame
 
-    display = np.asarray(Image.open(corpus / row["paths"]["image"]), dtype=np.float32) / TRAINING_COPY_MAX
-    image = model_input(display)
+    image = model_input(read_training_copy(corpus / row["paths"]["image"]))
     seg = _infer(client, SEG_ENSEMBLE, image, ["probs"])["probs"][0]
     lm = _infer(client, LANDMARKER, image, ["landmarks", "confidence"])
     emb = _infer(client, EMBEDDER, image, ["embedding"])["embedding"][0]
-    f = MODEL_SIZE // MODEL_INPUT
-    truth = np.asarray(Image.open(corpus / row["paths"]["lungs"]))[f // 2 :: f, f // 2 :: f]
+    truth = input_labels(np.asarray(Image.open(corpus / row["paths"]["lungs"])))
     expected = np.array([to_input_frame(row["landmarks"][k]["model"]) for k in ("carina", "left_hilum")])
     err_mm = np.linalg.norm(lm["landmarks"][0] - expected, axis=1) * mm_per_input_pixel(row)
     return {
         "study": row["sop_instance_uid"][-12:],
         "site": row["site"],
         "diagnosis": row["diagnosis"],
-        "dice": round(_dice(seg.argmax(axis=0), truth), 4),
+        "dice": round(float(lung_dice(seg.argmax(axis=0), truth)), 4),
         "landmark_error_mm": [round(float(e), 2) for e in err_mm],
         "embedding_norm": round(float(np.linalg.norm(emb)), 4),
     }

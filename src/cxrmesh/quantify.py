@@ -16,6 +16,17 @@ from cxrmesh.regions import REGION_KEYS, split_regions
 OPACITY_DELTA = 0.12
 
 
+def lung_dice(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Mean of right- and left-lung Dice per image; ``pred``/``truth`` are label maps, (H, W) or (N, H, W)."""
+    axes = (-2, -1)
+    scores = []
+    for cls in (1, 2):
+        p, t = pred == cls, truth == cls
+        inter = (p & t).sum(axis=axes)
+        scores.append(2 * inter / np.maximum(p.sum(axis=axes) + t.sum(axis=axes), 1))
+    return np.mean(scores, axis=0)
+
+
 def region_table(image: np.ndarray, lungs: np.ndarray, left_hilum_xy: tuple[float, float]) -> dict[str, dict]:
     """Per region: area fraction of the lungs, mean display intensity, opacified fraction."""
     regions = split_regions(lungs, left_hilum_xy)

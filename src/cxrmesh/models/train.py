@@ -26,11 +26,12 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from cxrmesh.contract import MODEL_SIZE, TRAINING_COPY_MAX
+from cxrmesh.contract import MODEL_SIZE
+from cxrmesh.inference import input_labels, model_input
 from cxrmesh.models.nets import WORK, Embedder, Landmarker, PrognosisHead, Segmenter, soft_argmax
 from cxrmesh.models.spec import CLINICAL_FEATURES, EMBED_DIM, MODEL_INPUT, SEG_MEMBERS
-from cxrmesh.quantify import region_table, region_vector
-from cxrmesh.synth.corpus import read_manifest
+from cxrmesh.quantify import lung_dice, region_table, region_vector
+from cxrmesh.synth.corpus import read_manifest, read_training_copy
 
 DIAGNOSIS_INDEX = {"normal": 0, "covid19": 1, "other_pneumonia": 2}
 
@@ -58,19 +59,15 @@ def to_input_frame(xy_model: Iterable[float]) -> list[float]:
 def load_data(corpus: Path, limit: int | None = None) -> Data:
     rows = read_manifest(corpus)[:limit] if limit else read_manifest(corpus)
     n = len(rows)
-    f = MODEL_SIZE // MODEL_INPUT
     images = torch.empty((n, 1, MODEL_INPUT, MODEL_INPUT), dtype=torch.float16)
     has_lungs = all(r.get("paths", {}).get("lungs") for r in rows)
     lungs = torch.empty((n, MODEL_INPUT, MODEL_INPUT), dtype=torch.uint8) if has_lungs else None
     has_lm = all("landmarks" in r for r in rows)
     landmarks = torch.empty((n, 2, 2), dtype=torch.float32) if has_lm else None
     for i, row in enumerate(tqdm(rows, desc="loading", unit="img", disable=None)):
-        img = np.asarray(Image.open(corpus / row["paths"]["image"]), dtype=np.float32) / TRAINING_COPY_MAX
-        img = img.reshape(MODEL_INPUT, f, MODEL_INPUT, f).mean(axis=(1, 3))
-        images[i, 0] = torch.from_numpy(img)
+        images[i, 0] = torch.from_numpy(model_input(read_training_copy(corpus / row["paths"]["image"]))[0, 0])
         if lungs is not None:
-            lab = np.asarray(Image.open(corpus / row["paths"]["lungs"]))
-            lungs[i] = torch.from_numpy(np.ascontiguousarray(lab[f // 2 :: f, f // 2 :: f]))
+            lungs[i] = torch.from_numpy(input_labels(np.asarray(Image.open(corpus / row["paths"]["lungs"]))))
         if landmarks is not None:
             for j, key in enumerate(("carina", "left_hilum")):
                 landmarks[i, j] = torch.tensor(to_input_frame(row["landmarks"][key]["model"]))
@@ -185,13 +182,7 @@ def train_segmenter(
 
 def dice_scores(probs: torch.Tensor, truth: torch.Tensor) -> np.ndarray:
     """Mean of right- and left-lung Dice per image (argmax of the probabilities)."""
-    pred = probs.argmax(dim=1)
-    out = []
-    for cls in (1, 2):
-        p, t = pred == cls, truth == cls
-        inter = (p & t).sum(dim=(1, 2)).float()
-        out.append((2 * inter / (p.sum(dim=(1, 2)) + t.sum(dim=(1, 2))).clamp(min=1)).numpy())
-    return np.mean(out, axis=0)
+    return lung_dice(probs.argmax(dim=1).numpy(), truth.numpy())
 
 
 @torch.no_grad()

@@ -9,10 +9,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
-from cxrmesh.contract import MODEL_SIZE, TRAINING_COPY_MAX
+from cxrmesh.contract import MODEL_SIZE
 from cxrmesh.imaging.pixels import letterbox
 from cxrmesh.regions import Lung
-from cxrmesh.synth.corpus import read_manifest
+from cxrmesh.synth.corpus import read_manifest, read_training_copy
 
 LUNG_COLOURS = {Lung.RIGHT: (255, 70, 70), Lung.LEFT: (70, 150, 255)}
 
@@ -38,7 +38,7 @@ def _font(size: int) -> ImageFont.FreeTypeFont:
 
 def overlay_tile(corpus: Path, row: dict[str, Any], size: int = 320) -> Image.Image:
     """The training copy with lung outlines, opacity tint, zone split and landmarks."""
-    img = np.asarray(Image.open(corpus / row["paths"]["image"]), dtype=np.float32) / TRAINING_COPY_MAX
+    img = read_training_copy(corpus / row["paths"]["image"])
     lungs = np.asarray(Image.open(corpus / row["paths"]["lungs"]))
     opacity = np.asarray(Image.open(corpus / row["paths"]["opacity"]))
     rgb = np.repeat((img * 255)[..., None], 3, axis=2)
@@ -143,7 +143,7 @@ def real_vs_synthetic(corpus: Path, out: Path, n_synthetic: int = 3, size: int =
         )
     ]
     for row in picks:
-        arr = np.asarray(Image.open(corpus / row["paths"]["image"]), dtype=np.float32) / TRAINING_COPY_MAX
+        arr = read_training_copy(corpus / row["paths"]["image"])
         tiles.append(
             tile(arr, f"synthetic {row['site']} {row['view']}\n{row['diagnosis']} RALE {row['rale_total']}")
         )

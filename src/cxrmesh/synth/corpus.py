@@ -421,6 +421,11 @@ def generate(
     return summary
 
 
+def read_training_copy(path: Path) -> np.ndarray:
+    """A training copy (16-bit PNG) as float32 display values in [0, 1]."""
+    return np.asarray(Image.open(path), dtype=np.float32) / TRAINING_COPY_MAX
+
+
 def read_manifest(corpus: Path) -> list[dict[str, Any]]:
     """Rows of a corpus manifest, in generation order."""
     with open(Path(corpus) / "manifest.jsonl", encoding="utf-8") as fh:
