@@ -8,13 +8,13 @@ STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/python -m pip
 DEMO   := out/demo
 
-.PHONY: install demo test lint format clean
+.PHONY: install demo test lint format protos clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -c constraints.txt -e ".[dev,train,serve,triton-local]"
+	$(PIP) install --quiet -c constraints.txt -e ".[dev,train,serve,triton-local,mesh-local]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -28,17 +28,20 @@ demo: $(STAMP)
 	@echo "demo corpus: $(DEMO)/corpus  pictures: $(DEMO)/*.png  served-model scores: $(DEMO)/models.json"
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests export benchmarks
-	$(BIN)/ruff format --check src tests export benchmarks
+	$(BIN)/ruff check src tests export services protos scripts benchmarks
+	$(BIN)/ruff format --check src tests export services protos scripts benchmarks
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests export benchmarks
-	$(BIN)/ruff format --check src tests export benchmarks
+	$(BIN)/ruff check src tests export services protos scripts benchmarks
+	$(BIN)/ruff format --check src tests export services protos scripts benchmarks
 
 format: $(STAMP)
-	$(BIN)/ruff format src tests export benchmarks
-	$(BIN)/ruff check --fix src tests export benchmarks
+	$(BIN)/ruff format src tests export services protos scripts benchmarks
+	$(BIN)/ruff check --fix src tests export services protos scripts benchmarks
+
+protos: $(STAMP)
+	$(BIN)/python protos/generate.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache

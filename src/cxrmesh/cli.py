@@ -85,6 +85,13 @@ def train(
     seg_epochs: Annotated[int, typer.Option("--seg-epochs", min=1)] = 5,
     landmark_epochs: Annotated[int, typer.Option("--landmark-epochs", min=1)] = 8,
     embed_epochs: Annotated[int, typer.Option("--embed-epochs", min=1)] = 40,
+    embed_batch: Annotated[int, typer.Option("--embed-batch", min=6, help="Class-balanced batch.")] = 30,
+    seg_limit: Annotated[
+        int, typer.Option("--seg-limit", min=0, help="Training images per segmentation member (0 = all).")
+    ] = 800,
+    device: Annotated[
+        str, typer.Option("--device", help="auto (GPU if PyTorch sees one), cpu, cuda or cuda:N.")
+    ] = "auto",
     fresh: Annotated[
         bool, typer.Option("--fresh", help="Ignore existing checkpoints instead of resuming.")
     ] = False,
@@ -108,10 +115,17 @@ def train(
         seg_epochs=seg_epochs,
         landmark_epochs=landmark_epochs,
         embed_epochs=embed_epochs,
+        embed_batch=embed_batch,
+        seg_limit=seg_limit or None,
+        device=device,
         resume=not fresh,
         only=parts,
     )
-    typer.echo(json.dumps(train_all(cfg), indent=2, sort_keys=True))
+    try:
+        metrics = train_all(cfg)
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(metrics, indent=2, sort_keys=True))
 
 
 @app.command("export")
@@ -194,6 +208,99 @@ def atlas(
 
     report = atlas_main(out, source, cache_dir)
     typer.echo(f"accepted {len(report.atlas)} of {report.total}; rejected {report.rejected}")
+
+
+MESH_HOME = Path("data/mesh")
+HomeOpt = Annotated[Path, typer.Option("--home", help="Mesh home: state, data, logs.")]
+
+
+@app.command()
+def up(
+    home: HomeOpt = MESH_HOME,
+    ports: Annotated[
+        str, typer.Option("--ports", help="fixed (documented defaults) or auto (free ports).")
+    ] = "fixed",
+    timeout: Annotated[float, typer.Option("--timeout", min=10, help="Seconds to wait per part.")] = 300,
+) -> None:
+    """Start the local mesh (broker, Milvus Lite, tritonserver, services) and wait until healthy."""
+    from cxrmesh.mesh import Mesh, MeshError
+
+    if ports not in ("fixed", "auto"):
+        _fail("--ports must be 'fixed' or 'auto'")
+    try:
+        state = Mesh(home, ports=ports).up(timeout, progress=lambda m: typer.echo(f"starting {m}"))
+    except MeshError as exc:
+        _fail(str(exc))
+    typer.echo(f"mesh up: ingestion at {state.endpoint('ingestion')}, search at {state.endpoint('search')}")
+    typer.echo(f"state and logs in {home}; stop with `cxrmesh down --home {home}`")
+
+
+@app.command()
+def down(home: HomeOpt = MESH_HOME) -> None:
+    """Stop the local mesh started from ``--home`` (services first, then Triton, Milvus, broker)."""
+    from cxrmesh.mesh import Mesh
+
+    stopped = Mesh(home).down()
+    typer.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@app.command()
+def status(home: HomeOpt = MESH_HOME) -> None:
+    """Processes of the local mesh with their health; exit 1 if any is not healthy."""
+    from cxrmesh.mesh import Mesh
+
+    rows = Mesh(home).status()
+    if not rows:
+        typer.echo(f"no mesh in {home}")
+        raise typer.Exit(code=1)
+    for r in rows:
+        typer.echo(f"{r['name']:<10} pid {r['pid']:<8} {r['health']:<12} {r['endpoint']:<24} {r['log']}")
+    if any(r["health"] not in ("SERVING", "RUNNING") for r in rows):
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="DICOM files or folders (searched recursively).")],
+    home: HomeOpt = MESH_HOME,
+    target: Annotated[str, typer.Option("--target", help="Ingestion host:port (default: from --home).")] = "",
+    manifest: Annotated[
+        Path | None, typer.Option("--manifest", help="Corpus manifest.jsonl with labels/clinical data.")
+    ] = None,
+) -> None:
+    """Send DICOM files to the ingestion service (streamed), with a progress bar and a summary."""
+    from collections import Counter
+
+    import grpc
+    from tqdm import tqdm
+
+    from cxrmesh.client import dicom_files, ingest_file, manifest_headers
+    from cxrmesh.mesh import MeshState
+    from cxrmesh.v1 import ingestion_pb2_grpc
+
+    if not target:
+        state = MeshState.load(home.resolve())
+        if state is None:
+            _fail(f"no mesh in {home}: start one with `cxrmesh up` or pass --target host:port")
+        target = state.endpoint("ingestion")
+    files = dicom_files(paths)
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        _fail(f"not found: {', '.join(missing[:5])}")
+    headers = manifest_headers(manifest) if manifest else {}
+    counts: Counter[str] = Counter()
+    with grpc.insecure_channel(target, options=[("grpc.max_send_message_length", 256 << 20)]) as ch:
+        stub = ingestion_pb2_grpc.IngestionServiceStub(ch)
+        for f in tqdm(files, desc="ingest", unit="file", disable=None):
+            res = ingest_file(stub, f, headers.get(f.resolve()))
+            if res.error_code:
+                counts["refused"] += 1
+                tqdm.write(f"{f}: {res.error_code} {res.error}")
+            else:
+                counts["duplicate" if res.duplicate else "accepted"] += 1
+    typer.echo(", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "no files")
+    if counts["refused"]:
+        raise typer.Exit(code=1)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,13 @@ weights go to ``weights/<model>.pt``; evaluation on the test split goes to ``met
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 import random
+import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +37,8 @@ from cxrmesh.models.spec import CLINICAL_FEATURES, EMBED_DIM, MODEL_INPUT, SEG_M
 from cxrmesh.quantify import lung_dice, region_table, region_vector
 from cxrmesh.synth.corpus import read_manifest, read_training_copy
 
+log = logging.getLogger(__name__)
+CPU = torch.device("cpu")
 DIAGNOSIS_INDEX = {"normal": 0, "covid19": 1, "other_pneumonia": 2}
 
 
@@ -64,13 +70,20 @@ def load_data(corpus: Path, limit: int | None = None) -> Data:
     lungs = torch.empty((n, MODEL_INPUT, MODEL_INPUT), dtype=torch.uint8) if has_lungs else None
     has_lm = all("landmarks" in r for r in rows)
     landmarks = torch.empty((n, 2, 2), dtype=torch.float32) if has_lm else None
-    for i, row in enumerate(tqdm(rows, desc="loading", unit="img", disable=None)):
+
+    def load(i: int) -> None:
+        row = rows[i]
         images[i, 0] = torch.from_numpy(model_input(read_training_copy(corpus / row["paths"]["image"]))[0, 0])
         if lungs is not None:
             lungs[i] = torch.from_numpy(input_labels(np.asarray(Image.open(corpus / row["paths"]["lungs"]))))
         if landmarks is not None:
             for j, key in enumerate(("carina", "left_hilum")):
                 landmarks[i, j] = torch.tensor(to_input_frame(row["landmarks"][key]["model"]))
+
+    # PNG decoding releases the GIL: threads fill the preallocated tensors in place
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1))) as pool:
+        for _ in tqdm(pool.map(load, range(n)), total=n, desc="loading", unit="img", disable=None):
+            pass
     return Data(rows, images, lungs, landmarks, np.array([r.get("split", "train") for r in rows]))
 
 
@@ -110,6 +123,7 @@ def _run(
         random.setstate(state["python_rng"])
         start = state["epoch"] + 1
     history = []
+    began = time.monotonic()
     for epoch in range(start, epochs):
         model.train()
         losses = []
@@ -136,10 +150,22 @@ def _run(
         )
         with open(run / "history.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(history[-1]) + "\n")
+    log.info("%s: epochs %d-%d in %.0f s", name, start + 1, epochs, time.monotonic() - began)
     weights_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), weights_dir / f"{name}.pt")
+    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, weights_dir / f"{name}.pt")
     model.eval()
     return model
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` = the GPU when PyTorch sees one; weights are identical in layout either way."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} asked for, but PyTorch sees no CUDA GPU")
+        torch.backends.cudnn.benchmark = True
+    return torch.device(name)
 
 
 def _batches(idx: np.ndarray, batch: int, shuffle: bool = True) -> Iterable[np.ndarray]:
@@ -150,30 +176,54 @@ def _batches(idx: np.ndarray, batch: int, shuffle: bool = True) -> Iterable[np.n
 
 def _augment(images: torch.Tensor) -> torch.Tensor:
     """Exposure and contrast jitter: the sites already vary geometry; keep labels exact."""
-    n = images.shape[0]
-    gain = 1.0 + 0.12 * (torch.rand(n, 1, 1, 1) - 0.5)
-    gamma = torch.exp(0.2 * (torch.rand(n, 1, 1, 1) - 0.5))
+    n, dev = images.shape[0], images.device
+    gain = 1.0 + 0.12 * (torch.rand(n, 1, 1, 1, device=dev) - 0.5)
+    gamma = torch.exp(0.2 * (torch.rand(n, 1, 1, 1, device=dev) - 0.5))
     return (images.clamp(0, 1) ** gamma * gain).clamp(0, 1)
+
+
+def _warp(images: torch.Tensor) -> torch.Tensor:
+    """Small random affine (scale, rotation, shift) for label-free training (the embedder).
+
+    Positioning varies between acquisitions; without this the embedder memorises where each
+    training image sits in the frame instead of what its lungs look like.
+    """
+    n, dev = images.shape[0], images.device
+    ang = (torch.rand(n, device=dev) - 0.5) * math.radians(10)
+    scale = 1.0 + (torch.rand(n, device=dev) - 0.5) * 0.16
+    shift = (torch.rand(n, 2, device=dev) - 0.5) * 0.1
+    cos, sin = torch.cos(ang) / scale, torch.sin(ang) / scale
+    rows = [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)]
+    theta = torch.stack(rows, 1)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 # ----------------------------------------------------------------------------- segmentation
 
 
 def train_segmenter(
-    name: str, data: Data, epochs: int, run_dir: Path, weights_dir: Path, resume: bool, limit: int
+    name: str,
+    data: Data,
+    epochs: int,
+    run_dir: Path,
+    weights_dir: Path,
+    resume: bool,
+    limit: int | None,
+    device: torch.device = CPU,
 ) -> Segmenter:
     from segmentation_models_pytorch.losses import DiceLoss
 
     assert data.lungs is not None, "segmentation needs lung masks (paths.lungs)"
-    model = Segmenter(name)
+    model = Segmenter(name).to(device)
     dice = DiceLoss(mode="multiclass")
     train_idx = data.index("train")[:limit]
     f = MODEL_INPUT // WORK
 
     def steps(epoch: int) -> Iterable[torch.Tensor]:
         for b in _batches(train_idx, 16):
-            x = _augment(data.images[b].float())
-            y = data.lungs[b][:, f // 2 :: f, f // 2 :: f].long()
+            x = _augment(data.images[b].to(device).float())
+            y = data.lungs[b][:, f // 2 :: f, f // 2 :: f].to(device).long()
             logits = model.logits(x)
             yield F.cross_entropy(logits, y) + dice(logits, y)
 
@@ -186,34 +236,38 @@ def dice_scores(probs: torch.Tensor, truth: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def predict(model: Callable, images: torch.Tensor, batch: int = 32) -> Any:
-    outs = [model(images[i : i + batch].float()) for i in range(0, len(images), batch)]
+def predict(model: torch.nn.Module, images: torch.Tensor, batch: int = 32) -> Any:
+    """Run ``model`` on the device its weights live on; results come back on the CPU."""
+    dev = next(model.parameters()).device
+    outs = [model(images[i : i + batch].to(dev).float()) for i in range(0, len(images), batch)]
     if isinstance(outs[0], tuple):
-        return tuple(torch.cat(parts) for parts in zip(*outs, strict=True))
-    return torch.cat(outs)
+        return tuple(torch.cat(parts).cpu() for parts in zip(*outs, strict=True))
+    return torch.cat(outs).cpu()
 
 
 # ----------------------------------------------------------------------------- landmarks
 
 
 def _gaussian_targets(xy: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
-    grid = torch.arange(size, dtype=torch.float32)
+    grid = torch.arange(size, dtype=torch.float32, device=xy.device)
     gx = torch.exp(-((grid[None, None, None, :] - xy[..., 0, None, None]) ** 2) / (2 * sigma**2))
     gy = torch.exp(-((grid[None, None, :, None] - xy[..., 1, None, None]) ** 2) / (2 * sigma**2))
     g = gx * gy
     return g / g.sum(dim=(2, 3), keepdim=True).clamp(min=1e-8)
 
 
-def train_landmarker(data: Data, epochs: int, run_dir: Path, weights_dir: Path, resume: bool) -> Landmarker:
+def train_landmarker(
+    data: Data, epochs: int, run_dir: Path, weights_dir: Path, resume: bool, device: torch.device = CPU
+) -> Landmarker:
     assert data.landmarks is not None, "landmark training needs landmarks"
-    model = Landmarker()
+    model = Landmarker().to(device)
     train_idx = data.index("train")
     f = MODEL_INPUT / WORK
 
     def steps(epoch: int) -> Iterable[torch.Tensor]:
         for b in _batches(train_idx, 16):
-            x = _augment(data.images[b].float())
-            target = (data.landmarks[b] + 0.5) / f - 0.5  # in WORK pixels
+            x = _augment(data.images[b].to(device).float())
+            target = (data.landmarks[b].to(device) + 0.5) / f - 0.5  # in WORK pixels
             heat = model.heatmaps(x)
             logp = F.log_softmax(heat.flatten(2) * model.beta, dim=-1)
             gauss = _gaussian_targets(target, WORK, 1.5).flatten(2)
@@ -232,7 +286,14 @@ def mm_per_input_pixel(row: dict[str, Any]) -> float:
 
 
 def train_embedder(
-    data: Data, epochs: int, run_dir: Path, weights_dir: Path, resume: bool, aux_weight: float = 0.0
+    data: Data,
+    epochs: int,
+    run_dir: Path,
+    weights_dir: Path,
+    resume: bool,
+    aux_weight: float = 0.0,
+    device: torch.device = CPU,
+    batch: int = 30,
 ) -> Embedder:
     """Multi-similarity loss with its hard-pair miner over class-balanced batches.
 
@@ -241,13 +302,13 @@ def train_embedder(
     """
     from pytorch_metric_learning import losses, miners, samplers
 
-    model = Embedder()
-    probe = torch.nn.Linear(EMBED_DIM, len(DIAGNOSIS_INDEX))
+    model = Embedder().to(device)
+    probe = torch.nn.Linear(EMBED_DIM, len(DIAGNOSIS_INDEX)).to(device)
     train_idx = data.index("train")
     labels = np.array([DIAGNOSIS_INDEX[data.rows[i]["diagnosis"]] for i in train_idx])
     loss_fn = losses.MultiSimilarityLoss(alpha=2.0, beta=50.0, base=0.5)
     miner = miners.MultiSimilarityMiner(epsilon=0.1)
-    batch = 30
+    batch -= batch % 3  # m per class must divide the batch
     sampler = samplers.MPerClassSampler(
         labels, m=batch // 3, batch_size=batch, length_before_new_iter=max(len(labels), batch)
     )
@@ -256,8 +317,8 @@ def train_embedder(
         order = np.array(list(iter(sampler)))
         for i in range(0, len(order) - batch + 1, batch):
             b = train_idx[order[i : i + batch]]
-            y = torch.as_tensor(labels[order[i : i + batch]])
-            emb, _ = model(_augment(data.images[b].float()))
+            y = torch.as_tensor(labels[order[i : i + batch]], device=device)
+            emb, _ = model(_warp(_augment(data.images[b].to(device).float())))
             loss = loss_fn(emb, y, miner(emb, y))
             if aux_weight:
                 loss = loss + aux_weight * F.cross_entropy(probe(emb) * 10.0, y)
@@ -265,7 +326,7 @@ def train_embedder(
 
     trained = torch.nn.ModuleDict({"model": model, "probe": probe})
     _run("cxr_embedder", trained, epochs, steps, run_dir, weights_dir, 1e-3, resume)
-    torch.save(model.state_dict(), weights_dir / "cxr_embedder.pt")
+    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, weights_dir / "cxr_embedder.pt")
     return model.eval()
 
 
@@ -404,15 +465,17 @@ class TrainConfig:
     weights: Path = Path("weights")
     seed: int = 0
     seg_epochs: int = 5
-    seg_limit: int = 800
+    seg_limit: int | None = 800  # None = every training image
     landmark_epochs: int = 8
     embed_epochs: int = 40
     embed_aux_weight: float = 1.0
+    embed_batch: int = 30
     resume: bool = True
     only: tuple[str, ...] = ()
+    device: str = "auto"
 
 
-def load_weights(name: str, weights_dir: Path) -> torch.nn.Module:
+def load_weights(name: str, weights_dir: Path, device: torch.device = CPU) -> torch.nn.Module:
     model: torch.nn.Module
     if name in SEG_MEMBERS:
         model = Segmenter(name)
@@ -425,10 +488,10 @@ def load_weights(name: str, weights_dir: Path) -> torch.nn.Module:
     else:
         raise ValueError(f"unknown model {name!r}")
     model.load_state_dict(torch.load(weights_dir / f"{name}.pt", map_location="cpu", weights_only=True))
-    return model.eval()
+    return model.to(device).eval()
 
 
-def evaluate(data: Data, weights_dir: Path) -> dict[str, Any]:
+def evaluate(data: Data, weights_dir: Path, device: torch.device = CPU) -> dict[str, Any]:
     """Test-split metrics of every model present in ``weights_dir``."""
     te = data.index("test")
     tr = data.index("train")
@@ -438,13 +501,13 @@ def evaluate(data: Data, weights_dir: Path) -> dict[str, Any]:
         total = None
         members = {}
         for name in SEG_MEMBERS:
-            probs = predict(load_weights(name, weights_dir), data.images[te])
+            probs = predict(load_weights(name, weights_dir, device), data.images[te])
             members[name] = float(dice_scores(probs, truth).mean())
             total = probs if total is None else total + probs
         metrics["dice_members"] = members
         metrics["dice_ensemble"] = float(dice_scores(total / len(SEG_MEMBERS), truth).mean())
     if data.landmarks is not None and (weights_dir / "cxr_landmarks.pt").exists():
-        xy, _ = predict(load_weights("cxr_landmarks", weights_dir), data.images[te])
+        xy, _ = predict(load_weights("cxr_landmarks", weights_dir, device), data.images[te])
         err_px = (xy - data.landmarks[te]).norm(dim=-1).numpy()
         mm = np.array([mm_per_input_pixel(data.rows[i]) for i in te])[:, None]
         err = err_px * mm
@@ -455,7 +518,7 @@ def evaluate(data: Data, weights_dir: Path) -> dict[str, Any]:
             "p95": float(np.percentile(err, 95)),
         }
     if (weights_dir / "cxr_embedder.pt").exists():
-        emb_model = load_weights("cxr_embedder", weights_dir)
+        emb_model = load_weights("cxr_embedder", weights_dir, device)
         g = predict(emb_model, data.images[tr])[0].numpy()
         q = predict(emb_model, data.images[te])[0].numpy()
         labels = np.array([DIAGNOSIS_INDEX[r["diagnosis"]] for r in data.rows])
@@ -464,23 +527,35 @@ def evaluate(data: Data, weights_dir: Path) -> dict[str, Any]:
 
 
 def train_all(cfg: TrainConfig) -> dict[str, Any]:
+    device = resolve_device(cfg.device)
     _seed(cfg.seed)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     data = load_data(cfg.corpus)
     todo = set(cfg.only) or {"seg", "landmarks", "embedder", "prognosis"}
+    if "embedder" in todo:
+        _seed(cfg.seed + 20)
+        train_embedder(
+            data,
+            cfg.embed_epochs,
+            cfg.out,
+            cfg.weights,
+            cfg.resume,
+            cfg.embed_aux_weight,
+            device,
+            cfg.embed_batch,
+        )
+    if "landmarks" in todo:
+        _seed(cfg.seed + 10)
+        train_landmarker(data, cfg.landmark_epochs, cfg.out, cfg.weights, cfg.resume, device)
     if "seg" in todo:
         for i, name in enumerate(SEG_MEMBERS):
             _seed(cfg.seed + i)
-            train_segmenter(name, data, cfg.seg_epochs, cfg.out, cfg.weights, cfg.resume, cfg.seg_limit)
-    if "landmarks" in todo:
-        _seed(cfg.seed + 10)
-        train_landmarker(data, cfg.landmark_epochs, cfg.out, cfg.weights, cfg.resume)
-    if "embedder" in todo:
-        _seed(cfg.seed + 20)
-        train_embedder(data, cfg.embed_epochs, cfg.out, cfg.weights, cfg.resume, cfg.embed_aux_weight)
-    metrics = evaluate(data, cfg.weights)
+            train_segmenter(
+                name, data, cfg.seg_epochs, cfg.out, cfg.weights, cfg.resume, cfg.seg_limit, device
+            )
+    metrics = evaluate(data, cfg.weights, device)
     if "prognosis" in todo and (cfg.weights / "cxr_embedder.pt").exists():
-        _, prog = train_prognosis(data, load_weights("cxr_embedder", cfg.weights), cfg.weights)
+        _, prog = train_prognosis(data, load_weights("cxr_embedder", cfg.weights, device), cfg.weights)
         metrics["prognosis"] = prog
     cfg.out.mkdir(parents=True, exist_ok=True)
     (cfg.out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")

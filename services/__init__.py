@@ -1,0 +1,1 @@
+"""The cxrmesh services (``cxrmesh.services``); each runs as ``python -m cxrmesh.services.<name>``."""

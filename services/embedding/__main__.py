@@ -1,0 +1,3 @@
+from cxrmesh.services.embedding.service import main
+
+main()

@@ -1,0 +1,3 @@
+from cxrmesh.services.ingestion.service import main
+
+main()

@@ -1,0 +1,237 @@
+"""Ingestion: the only service that sees identifiable DICOM.
+
+Ingest (client streaming): size check -> parse/validate/decode (cxrmesh.ingest) -> de-identify
+(PS3.15 basic profile, keyed pseudonyms) -> normalise to the model contract -> blobs (fsynced)
+-> study + event committed in the outbox -> reply. The outbox relay publishes StudyIngested to
+Kafka until the broker confirms. Refusals are INVALID_ARGUMENT with the validator's reason.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+from collections.abc import Iterator
+
+import grpc
+import pydicom
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from cxrmesh.ingest.deid import deidentify
+from cxrmesh.ingest.normalise import normalise
+from cxrmesh.ingest.validate import MAX_DICOM_BYTES, DicomRejected, decode_pixels, read_dicom, validate
+from cxrmesh.runtime import metrics
+from cxrmesh.runtime.blobs import NPY, array_bytes, open_blob_store
+from cxrmesh.runtime.errors import InvalidArgument, NotFound, Unavailable
+from cxrmesh.runtime.grpc_server import ServiceRuntime
+from cxrmesh.runtime.kafka import EventProducer, KafkaConfig
+from cxrmesh.runtime.settings import IngestionSettings
+from cxrmesh.services import convert, topics
+from cxrmesh.services.ingestion.outbox import Outbox
+from cxrmesh.v1 import common_pb2, events_pb2, ingestion_pb2, ingestion_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+def rejected() -> metrics.Counter:
+    return metrics.metric(
+        metrics.Counter, "cxrmesh_ingest_rejected_total", "DICOM files refused at ingestion.", ("reason",)
+    )
+
+
+def process_dicom(raw: bytes, secret: bytes):
+    """Validate, de-identify and normalise one DICOM (pure; raises DicomRejected)."""
+    ds = read_dicom(raw)
+    validate(ds)
+    stored = decode_pixels(ds)
+    deid = deidentify(ds, secret)
+    return deid, normalise(ds, stored)
+
+
+def dicom_bytes(ds: pydicom.Dataset) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
+    def __init__(self, settings: IngestionSettings, outbox: Outbox):
+        self.settings = settings
+        self.outbox = outbox
+        self.blobs = open_blob_store(settings.blob_location)
+        self.secret = settings.deid_secret.get_secret_value().encode()
+
+    # --------------------------------------------------------------- RPCs
+    def Ingest(self, request_iterator: Iterator[ingestion_pb2.IngestChunk], context: grpc.ServicerContext):
+        header, raw = self._receive(request_iterator)
+        if header.HasField("clinical"):
+            convert.validate_clinical(header.clinical)
+        convert.validate_labels(header.labels)
+        try:
+            deid, norm = process_dicom(raw, self.secret)
+        except DicomRejected as exc:
+            rejected().labels(exc.code).inc()
+            raise InvalidArgument(exc.code, exc.reason) from exc
+        key = deid.study_key
+        reply = ingestion_pb2.IngestReply(
+            study_key=key, patient_key=deid.patient_key, metadata=convert.metadata_proto(deid.metadata)
+        )
+        if self.outbox.has_study(key):
+            reply.duplicate = True
+            metrics.studies_total().labels("ingest", "duplicate").inc()
+            if header.HasField("clinical") or header.labels.ByteSize():
+                self._clinical_event(key, header.clinical, header.labels)
+            return reply
+        try:
+            dicom_ref = self.blobs.put(dicom_bytes(deid.dataset), "application/dicom")
+            image_ref = self.blobs.put(array_bytes(norm.display.astype("float32")), NPY)
+        except OSError as exc:
+            raise Unavailable("storage_unavailable", f"cannot store the study: {exc.strerror}") from exc
+        now = Timestamp()
+        now.GetCurrentTime()
+        event = events_pb2.StudyIngested(
+            study_key=key,
+            patient_key=deid.patient_key,
+            metadata=reply.metadata,
+            deidentified_dicom=dicom_ref,
+            display_image=image_ref,
+            labels=header.labels,
+            ingested_at=now,
+            deidentified_study_uid=str(deid.dataset.StudyInstanceUID),
+            deidentified_sop_uid=str(deid.dataset.SOPInstanceUID),
+        )
+        if header.HasField("clinical"):
+            event.clinical.CopyFrom(header.clinical)
+        new = self.outbox.add_study(
+            key,
+            deid.patient_key,
+            topics.STUDY_INGESTED,
+            event.DESCRIPTOR.full_name,
+            event.SerializeToString(),
+        )
+        reply.duplicate = not new
+        metrics.studies_total().labels("ingest", "accepted" if new else "duplicate").inc()
+        log.info("study accepted", extra={"duplicate": not new, "bytes": len(raw)})
+        return reply
+
+    def SubmitClinical(self, request: ingestion_pb2.SubmitClinicalRequest, context: grpc.ServicerContext):
+        if not request.study_key:
+            raise InvalidArgument("missing_study_key", "study_key is required (from the IngestReply)")
+        convert.validate_clinical(request.clinical)
+        convert.validate_labels(request.labels)
+        if not self.outbox.has_study(request.study_key):
+            raise NotFound("unknown_study", "no study with this study_key was ingested here")
+        self._clinical_event(request.study_key, request.clinical, request.labels)
+        return ingestion_pb2.SubmitClinicalReply(study_key=request.study_key)
+
+    # --------------------------------------------------------------- helpers
+    def _clinical_event(
+        self, key: str, clinical: common_pb2.ClinicalData, labels: common_pb2.KnownLabels
+    ) -> None:
+        now = Timestamp()
+        now.GetCurrentTime()
+        event = events_pb2.ClinicalUpdated(study_key=key, clinical=clinical, labels=labels, updated_at=now)
+        self.outbox.add_event(
+            topics.STUDY_CLINICAL, key, event.DESCRIPTOR.full_name, event.SerializeToString()
+        )
+
+    def _receive(
+        self, chunks: Iterator[ingestion_pb2.IngestChunk]
+    ) -> tuple[ingestion_pb2.IngestHeader, bytes]:
+        header = ingestion_pb2.IngestHeader()
+        parts: list[bytes] = []
+        size = 0
+        for i, chunk in enumerate(chunks):
+            if chunk.HasField("header"):
+                if i != 0:
+                    raise InvalidArgument(
+                        "header_not_first", "send the IngestHeader as the first message only"
+                    )
+                header = chunk.header
+                if header.total_bytes > MAX_DICOM_BYTES:
+                    raise InvalidArgument(
+                        "file_too_large",
+                        f"file of {header.total_bytes} bytes exceeds the limit of {MAX_DICOM_BYTES} bytes",
+                    )
+                continue
+            size += len(chunk.data)
+            if size > MAX_DICOM_BYTES:
+                raise InvalidArgument("file_too_large", f"file exceeds the limit of {MAX_DICOM_BYTES} bytes")
+            parts.append(chunk.data)
+        if not size:
+            raise InvalidArgument("empty_upload", "no DICOM bytes received; stream the file in data chunks")
+        return header, b"".join(parts)
+
+
+def relay(outbox: Outbox, producer: EventProducer, stop: threading.Event, interval_s: float) -> None:
+    """Publish pending outbox events until Kafka confirms each; mark them sent only then."""
+    backlog = metrics.metric(metrics.Gauge, "cxrmesh_outbox_pending", "Events not yet confirmed by Kafka.")
+    while not stop.is_set():
+        pending = outbox.pending()
+        backlog.set(outbox.backlog())
+        if not pending:
+            stop.wait(interval_s)
+            continue
+        futures = [
+            (
+                e.id,
+                producer.publish(
+                    e.topic, e.key, _Raw(e.payload), {"content-type": _content_type(e.type_name)}
+                ),
+            )
+            for e in pending
+        ]
+        sent, failed = [], []
+        for event_id, fut in futures:
+            try:
+                fut.get(timeout=30)
+                sent.append(event_id)
+            except Exception as exc:  # kafka errors of any kind: keep the event, retry later
+                failed.append(event_id)
+                log.warning("outbox publish failed", extra={"error_type": type(exc).__name__})
+        outbox.mark_sent(sent)
+        outbox.mark_failed(failed)
+        if failed:
+            stop.wait(min(5.0, interval_s * 4))
+
+
+def _content_type(type_name: str) -> str:
+    return f"application/x-protobuf; messageType={type_name}"
+
+
+class _Raw:
+    """Already-serialised protobuf bytes, publishable through the producer like a message."""
+
+    def __init__(self, payload: bytes):
+        self.payload = payload
+
+    def SerializeToString(self) -> bytes:
+        return self.payload
+
+
+def build(settings: IngestionSettings) -> ServiceRuntime:
+    runtime = ServiceRuntime(settings)
+    outbox = Outbox(settings.data_dir / "ingestion" / "outbox.sqlite")
+    servicer = IngestionServicer(settings, outbox)
+    producer = EventProducer(
+        KafkaConfig(bootstrap=settings.kafka_bootstrap, client_id=f"{settings.service}-outbox")
+    )
+    runtime.add_service(
+        ingestion_pb2.DESCRIPTOR.services_by_name["IngestionService"].full_name,
+        ingestion_pb2_grpc.add_IngestionServiceServicer_to_server,
+        servicer,
+    )
+    runtime.add_dependency("storage", lambda: servicer.blobs.ping() and outbox.ping())
+    runtime.add_dependency("kafka", producer.connected)
+    runtime.add_worker("outbox", lambda stop: relay(outbox, producer, stop, settings.outbox_interval_s))
+    runtime.on_close(outbox.close)
+    runtime.on_close(producer.close)
+    return runtime
+
+
+def main() -> None:
+    build(IngestionSettings()).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from cxrmesh.services.landmarks.service import main
+
+main()

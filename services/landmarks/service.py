@@ -1,0 +1,244 @@
+"""Landmarks and four-region quantification: StudySegmented -> Triton cxr_landmarks -> regions.
+
+Splits each lung at the left hilum with the project's one split rule (``cxrmesh.regions``),
+measures the four regions (``cxrmesh.quantify``), estimates RALE (``cxrmesh.rale``), writes the
+region map plus a DICOM SEG and SR (``cxrmesh.dicom_outputs``) linked to the de-identified
+source, and publishes StudyQuantified. Implausible landmarks or members that disagree are
+reported as warnings on the study, not hidden.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+import pydicom
+
+from cxrmesh import __version__
+from cxrmesh.contract import MODEL_SIZE
+from cxrmesh.dicom_outputs import make_measurement_report, make_segmentation, regions_to_source, to_bytes
+from cxrmesh.imaging.pixels import Letterbox
+from cxrmesh.inference import model_input
+from cxrmesh.models.spec import LANDMARKS, MAX_BATCH, MODEL_INPUT
+from cxrmesh.quantify import region_table
+from cxrmesh.rale import estimate_rale
+from cxrmesh.regions import REGION_KEYS, landmark_problems, split_regions
+from cxrmesh.runtime.blobs import NPY, BlobStore, array_bytes, bytes_array, open_blob_store
+from cxrmesh.runtime.errors import InvalidArgument, NotFound
+from cxrmesh.runtime.grpc_server import ServiceRuntime
+from cxrmesh.runtime.kafka import Consumer, Event, EventProducer, PermanentError
+from cxrmesh.runtime.settings import LandmarkSettings
+from cxrmesh.runtime.triton import TritonClient
+from cxrmesh.services import stage, topics
+from cxrmesh.services.results import ResultTable, kafka_config
+from cxrmesh.v1 import common_pb2, events_pb2, quantification_pb2, quantification_pb2_grpc
+
+
+@dataclass
+class Inputs:
+    display: np.ndarray  # (MODEL_SIZE, MODEL_SIZE)
+    lungs: np.ndarray  # (MODEL_INPUT, MODEL_INPUT) uint8
+
+
+@dataclass
+class Quantified:
+    regions: np.ndarray
+    measurements: list[events_pb2.RegionMeasurement]
+    rale_total: int
+    table: dict[str, dict]
+    rale: dict[str, dict[str, int]]
+    warnings: list[str]
+
+
+def quantify_study(
+    image: np.ndarray, lungs: np.ndarray, carina: tuple[float, float], hilum: tuple[float, float]
+) -> Quantified:
+    """Pure: the four regions, their measurements and the RALE estimate in the model-input frame."""
+    regions = split_regions(lungs, hilum)
+    table = region_table(image, lungs, hilum)
+    estimate = estimate_rale(table, image, lungs, hilum)
+    rale = {
+        k: {"extent": r.extent, "density": r.density, "score": r.score} for k, r in estimate.regions.items()
+    }
+    measurements = [
+        events_pb2.RegionMeasurement(
+            region=key,
+            area_fraction=table[key]["area_fraction"],
+            mean_intensity=table[key]["mean_intensity"],
+            opacity_fraction=table[key]["opacity_fraction"],
+            pixels=table[key]["pixels"],
+            rale_extent=rale[key]["extent"],
+            rale_density=rale[key]["density"],
+            rale_score=rale[key]["score"],
+        )
+        for key in REGION_KEYS.values()
+    ]
+    return Quantified(
+        regions, measurements, estimate.total, table, rale, landmark_problems(lungs, carina, hilum)
+    )
+
+
+def dicom_outputs(source_bytes: bytes, q: Quantified, rows: int, cols: int) -> tuple[bytes, bytes]:
+    """DICOM SEG of the four regions (source frame) and the SR with the measurements."""
+    source = pydicom.dcmread(io.BytesIO(source_bytes))
+    regions_src = regions_to_source(q.regions, Letterbox(rows, cols, MODEL_INPUT))
+    seg = make_segmentation(source, regions_src, software_version=__version__)
+    sr = make_measurement_report(source, seg, q.table, q.rale, q.rale_total, software_version=__version__)
+    return to_bytes(seg), to_bytes(sr)
+
+
+class LandmarkWorker:
+    def __init__(
+        self, settings: LandmarkSettings, triton: TritonClient, producer: EventProducer, table: ResultTable
+    ):
+        self.settings, self.triton, self.producer, self.table = settings, triton, producer, table
+        self.blobs: BlobStore = open_blob_store(settings.blob_location)
+
+    def _load(self, event: Event) -> Inputs:
+        msg: events_pb2.StudySegmented = event.message
+        lungs = bytes_array(self.blobs.get(msg.lungs))
+        if lungs.shape != (MODEL_INPUT, MODEL_INPUT):
+            raise PermanentError(f"lung map has shape {lungs.shape}, expected ({MODEL_INPUT}, {MODEL_INPUT})")
+        return Inputs(stage.load_display(self.blobs, msg.display_image), lungs.astype(np.uint8))
+
+    def _infer(self, items: Sequence[Inputs]) -> tuple[np.ndarray, np.ndarray]:
+        xy, conf = [], []
+        for i in range(0, len(items), MAX_BATCH):
+            batch = np.concatenate([model_input(it.display) for it in items[i : i + MAX_BATCH]])
+            out = self.triton.infer(
+                self.settings.landmark_model, {"image": batch}, ["landmarks", "confidence"]
+            )
+            xy.append(out["landmarks"])
+            conf.append(out["confidence"])
+        return np.concatenate(xy), np.concatenate(conf)
+
+    def __call__(self, events: Sequence[Event]) -> list[BaseException | None]:
+        results, ok, items = stage.load_all(events, self._load)
+        if not ok:
+            return results
+        out = stage.run_model(results, ok, lambda: self._infer(items))
+        if out is None:
+            return results
+        xy, conf = out
+        model = self.settings.landmark_model
+        version = common_pb2.ModelVersion(name=model, version=self.triton.model_version(model))
+        pending = []
+        for j, i in enumerate(ok):
+            src: events_pb2.StudySegmented = events[i].message
+            try:
+                msg = self._quantified(src, items[j], xy[j], conf[j], version)
+            except PermanentError as exc:
+                results[i] = exc
+                continue
+            self.table.put(src.study_key, msg)
+            pending.append(
+                (i, src.ingested_at, self.producer.publish(topics.STUDY_QUANTIFIED, src.study_key, msg))
+            )
+        return stage.confirm(results, pending, "quantified")
+
+    def _quantified(
+        self, src: events_pb2.StudySegmented, item: Inputs, xy: np.ndarray, conf: np.ndarray, version
+    ) -> events_pb2.StudyQuantified:
+        image = model_input(item.display)[0, 0]
+        carina, hilum = (float(xy[0, 0]), float(xy[0, 1])), (float(xy[1, 0]), float(xy[1, 1]))
+        q = quantify_study(image, item.lungs, carina, hilum)
+        warnings = list(q.warnings)
+        if src.member_agreement < self.settings.min_member_agreement:
+            warnings.append(f"segmentation members disagree (agreement {src.member_agreement:.2f})")
+        rows, cols = src.metadata.rows or MODEL_SIZE, src.metadata.columns or MODEL_SIZE
+        box = Letterbox(rows, cols, MODEL_INPUT)
+        landmarks = []
+        for k, name in enumerate(LANDMARKS):
+            sx, sy = box.to_source(xy[k])
+            landmarks.append(
+                events_pb2.Landmark(
+                    name=name,
+                    model=events_pb2.Point(x=float(xy[k, 0]), y=float(xy[k, 1])),
+                    source=events_pb2.Point(x=float(sx), y=float(sy)),
+                    confidence=float(conf[k]),
+                )
+            )
+        try:
+            seg, sr = dicom_outputs(self.blobs.get(src.deidentified_dicom), q, rows, cols)
+        except (ValueError, AttributeError, pydicom.errors.InvalidDicomError) as exc:
+            raise PermanentError(f"cannot write DICOM SEG/SR for this study: {exc}") from exc
+        return events_pb2.StudyQuantified(
+            study_key=src.study_key,
+            patient_key=src.patient_key,
+            landmarks=landmarks,
+            regions=q.measurements,
+            rale_total=q.rale_total,
+            region_map=self.blobs.put(array_bytes(q.regions.astype(np.uint8)), NPY),
+            warnings=warnings,
+            model=version,
+            dicom_seg=self.blobs.put(seg, "application/dicom"),
+            dicom_sr=self.blobs.put(sr, "application/dicom"),
+            ingested_at=src.ingested_at,
+        )
+
+
+class LandmarkServicer(quantification_pb2_grpc.LandmarkServiceServicer):
+    def __init__(self, table: ResultTable, blobs: BlobStore):
+        self.table, self.blobs = table, blobs
+
+    def _get(self, key: str) -> events_pb2.StudyQuantified:
+        if not key:
+            raise InvalidArgument("missing_study_key", "study_key is required")
+        msg = self.table.get(key)
+        if msg is None:
+            raise NotFound(
+                "not_quantified", "no quantification for this study (unknown, or not processed yet)"
+            )
+        return msg
+
+    def GetQuantification(
+        self, request: quantification_pb2.GetQuantificationRequest, context: grpc.ServicerContext
+    ):
+        return self._get(request.study_key)
+
+    def GetDicomOutputs(
+        self, request: quantification_pb2.GetQuantificationRequest, context: grpc.ServicerContext
+    ):
+        msg = self._get(request.study_key)
+        return quantification_pb2.DicomOutputs(
+            study_key=msg.study_key,
+            segmentation=self.blobs.get(msg.dicom_seg),
+            structured_report=self.blobs.get(msg.dicom_sr),
+            segmentation_ref=msg.dicom_seg,
+            structured_report_ref=msg.dicom_sr,
+        )
+
+
+def build(settings: LandmarkSettings) -> ServiceRuntime:
+    runtime = ServiceRuntime(settings)
+    table = ResultTable(settings.data_dir / "landmarks" / "quantified.sqlite", events_pb2.StudyQuantified)
+    triton = TritonClient(settings.triton_url, settings.triton_timeout_s)
+    cfg = kafka_config(settings, "cxrmesh-landmarks", MAX_BATCH)
+    producer = EventProducer(cfg)
+    worker = LandmarkWorker(settings, triton, producer, table)
+    consumer = Consumer(
+        cfg, {topics.STUDY_SEGMENTED: events_pb2.StudySegmented}, worker, producer, service=settings.service
+    )
+    runtime.add_service(
+        quantification_pb2.DESCRIPTOR.services_by_name["LandmarkService"].full_name,
+        quantification_pb2_grpc.add_LandmarkServiceServicer_to_server,
+        LandmarkServicer(table, worker.blobs),
+    )
+    runtime.add_dependency("triton", lambda: triton.ready([settings.landmark_model]))
+    runtime.add_dependency("kafka", consumer.healthy)
+    runtime.add_dependency("storage", worker.blobs.ping)
+    runtime.add_worker("consumer", consumer.run)
+    for close in (producer.close, table.close, triton.close):
+        runtime.on_close(close)
+    return runtime
+
+
+def main() -> None:
+    build(LandmarkSettings()).run()
+
+
+if __name__ == "__main__":
+    main()

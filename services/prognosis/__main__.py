@@ -1,0 +1,3 @@
+from cxrmesh.services.prognosis.service import main
+
+main()

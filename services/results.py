@@ -1,0 +1,66 @@
+"""Per-service result tables and Kafka wiring shared by the stage services.
+
+Each stage keeps its latest result per study (SQLite, WAL) so its Get RPC answers without
+re-running a model, and builds its consumer/producer config from the common settings.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Generic, TypeVar
+
+from google.protobuf.message import Message
+
+from cxrmesh.runtime.kafka import KafkaConfig
+from cxrmesh.runtime.settings import ServiceSettings
+
+M = TypeVar("M", bound=Message)
+
+
+class ResultTable(Generic[M]):
+    """study_key -> latest result message of one type (idempotent overwrite on redelivery)."""
+
+    def __init__(self, path: Path, message_type: type[M]):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.message_type = message_type
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS results (study_key TEXT PRIMARY KEY, message BLOB NOT NULL)"
+            )
+
+    def put(self, key: str, message: M) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO results VALUES (?, ?)", (key, message.SerializeToString())
+            )
+
+    def get(self, key: str) -> M | None:
+        with self._lock:
+            row = self._db.execute("SELECT message FROM results WHERE study_key = ?", (key,)).fetchone()
+        return self.message_type.FromString(row[0]) if row else None
+
+    def ping(self) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1").fetchone() == (1,)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def kafka_config(settings: ServiceSettings, group: str, max_batch: int | None = None) -> KafkaConfig:
+    """The consumer/producer config of a stage service (group = its consumer group)."""
+    return KafkaConfig(
+        bootstrap=settings.kafka_bootstrap,
+        client_id=settings.service,
+        group_id=group,
+        max_batch=min(settings.kafka_max_batch, max_batch or settings.kafka_max_batch),
+        max_attempts=settings.kafka_max_attempts,
+        session_timeout_ms=settings.kafka_session_timeout_ms,
+        heartbeat_interval_ms=settings.kafka_heartbeat_ms,
+    )

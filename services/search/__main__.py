@@ -1,0 +1,3 @@
+from cxrmesh.services.search.service import main
+
+main()

@@ -1,0 +1,3 @@
+from cxrmesh.services.segmentation.service import main
+
+main()

@@ -1,0 +1,3 @@
+from cxrmesh.services.studyview.service import main
+
+main()

@@ -1,0 +1,22 @@
+"""Similar-case search: the Milvus case store and the similarity-weighted diagnosis vote."""
+
+from cxrmesh.search.errors import InvalidQuery, NotFound, SchemaMismatch, StoreError, StoreUnavailable
+from cxrmesh.search.store import CaseFilter, CaseRecord, CaseStore, Neighbour, RetryPolicy, filter_expression
+from cxrmesh.search.vote import DIAGNOSES, Vote, weighted_vote
+
+__all__ = [
+    "DIAGNOSES",
+    "CaseFilter",
+    "CaseRecord",
+    "CaseStore",
+    "InvalidQuery",
+    "Neighbour",
+    "NotFound",
+    "RetryPolicy",
+    "SchemaMismatch",
+    "StoreError",
+    "StoreUnavailable",
+    "Vote",
+    "filter_expression",
+    "weighted_vote",
+]
