@@ -21,11 +21,8 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	rm -rf $(DEMO)
-	$(BIN)/cxrmesh synth --n 48 --seed 7 --out $(DEMO)/corpus
-	$(BIN)/cxrmesh contact-sheet $(DEMO)/corpus --out $(DEMO)/contact-sheet.png --real-out $(DEMO)/real-vs-synthetic.png
-	$(BIN)/cxrmesh models-demo --corpus $(DEMO)/corpus --repository model_repository --n 8 | tee $(DEMO)/models.json
-	$(BIN)/cxrmesh real-report --repository model_repository --out $(DEMO)/real-radiograph-models.png
-	@echo "demo corpus: $(DEMO)/corpus  pictures: $(DEMO)/*.png  served-model scores: $(DEMO)/models.json"
+	$(BIN)/cxrmesh demo --out $(DEMO)
+	@echo "demo: report $(DEMO)/report/index.html, corpus $(DEMO)/corpus, mesh logs $(DEMO)/mesh/logs"
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests export services protos scripts benchmarks

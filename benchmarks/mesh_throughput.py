@@ -32,13 +32,18 @@ def main() -> None:
     ap.add_argument("--corpus", type=Path, default=Path("data/bench-500"))
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--timeout", type=float, default=1800)
+    ap.add_argument(
+        "--services",
+        default="ingestion,embedding,search",
+        help="which services to start (default: the retrieval path)",
+    )
     args = ap.parse_args()
     if not (args.corpus / "manifest.jsonl").is_file():
         print(f"generating {args.n} studies with DICOM into {args.corpus} ...", flush=True)
         generate(args.corpus, n=args.n, seed=23, write_dicom=True)
     headers = sorted(manifest_headers(args.corpus / "manifest.jsonl").items())[: args.n]
     home = Path(tempfile.mkdtemp(prefix="cxrmesh-bench-"))
-    mesh = Mesh(home, ports="auto")
+    mesh = Mesh(home, ports="auto", services=args.services.split(","))
     state = mesh.up(timeout_s=300)
     acked: dict[str, float] = {}
     ack_latency: list[float] = []

@@ -17,6 +17,8 @@ STUDY_SEGMENTED = "cxrmesh.study.segmented.v1"
 STUDY_QUANTIFIED = "cxrmesh.study.quantified.v1"
 STUDY_PROGNOSIS = "cxrmesh.study.prognosis.v1"
 DEAD_LETTER = "cxrmesh.deadletter.v1"
+# the study view consumes DEAD_LETTER, so its own give-ups go elsewhere (no loop)
+STUDYVIEW_DEAD_LETTER = "cxrmesh.deadletter.studyview.v1"
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
     STUDY_INGESTED: events_pb2.StudyIngested,
@@ -26,6 +28,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
     STUDY_QUANTIFIED: events_pb2.StudyQuantified,
     STUDY_PROGNOSIS: events_pb2.PrognosisResult,
     DEAD_LETTER: events_pb2.DeadLetter,
+    STUDYVIEW_DEAD_LETTER: events_pb2.DeadLetter,
 }
 
 PARTITIONS = 4  # consumers of a group scale out to this many replicas per topic

@@ -25,7 +25,16 @@ from cxrmesh.client import ingest_bytes, manifest_headers
 from cxrmesh.ingest.deid import phi_strings
 from cxrmesh.mesh import Mesh, MeshState, grpc_health
 from cxrmesh.runtime.grpc_server import error_reason
-from cxrmesh.v1 import common_pb2, ingestion_pb2, ingestion_pb2_grpc, search_pb2, search_pb2_grpc
+from cxrmesh.v1 import (
+    common_pb2,
+    events_pb2,
+    ingestion_pb2,
+    ingestion_pb2_grpc,
+    search_pb2,
+    search_pb2_grpc,
+    studyview_pb2,
+    studyview_pb2_grpc,
+)
 
 pytestmark = pytest.mark.mesh
 RG1 = ("RG1_UNCR.dcm", "RG1_UNCI.dcm", "RG1_J2KR.dcm", "RG1_J2KI.dcm")
@@ -41,6 +50,10 @@ class Running:
         self.search = search_pb2_grpc.SearchServiceStub(self.channels["search"])
         self.keys: dict[str, str] = {}  # file name -> study key
         self.labelled: set[str] = set()
+        self.held_back: tuple[Path, object] | None = None  # a study kept for the failure test
+        self.view = studyview_pb2_grpc.StudyViewServiceStub(
+            grpc.insecure_channel(state.endpoint("studyview"))
+        )
 
     def close(self) -> None:
         for ch in self.channels.values():
@@ -73,8 +86,9 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, corpus: Path) -> Iterator[Run
     state = m.up(timeout_s=240)
     run = Running(m, state)
     try:
-        headers = manifest_headers(corpus / "manifest.jsonl")
-        for path, header in sorted(headers.items()):
+        headers = sorted(manifest_headers(corpus / "manifest.jsonl").items())
+        run.held_back = headers.pop()
+        for path, header in headers:
             reply = ingest_bytes(run.ingest, path.read_bytes(), header)
             run.keys[str(path)] = reply.study_key
             run.labelled.add(reply.study_key)
@@ -172,7 +186,9 @@ def test_bad_dicoms_are_refused_with_distinct_reasons(mesh: Running) -> None:
     with pytest.raises(grpc.RpcError) as err:
         mesh.ingest.Ingest(iter([ingestion_pb2.IngestChunk(header=ingestion_pb2.IngestHeader())]), timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    for name in ("ingestion", "embedding", "search"):
+    from cxrmesh.mesh import SERVICES
+
+    for name in SERVICES:
         assert grpc_health(mesh.state.endpoint(name)) == "SERVING"
 
 
@@ -181,6 +197,10 @@ def test_reflection_lists_every_service(mesh: Running) -> None:
         "ingestion": "cxrmesh.v1.IngestionService",
         "embedding": "cxrmesh.v1.EmbeddingService",
         "search": "cxrmesh.v1.SearchService",
+        "segmentation": "cxrmesh.v1.SegmentationService",
+        "landmarks": "cxrmesh.v1.LandmarkService",
+        "prognosis": "cxrmesh.v1.PrognosisService",
+        "studyview": "cxrmesh.v1.StudyViewService",
     }
     for name, service in expected.items():
         with grpc.insecure_channel(mesh.state.endpoint(name)) as ch:
@@ -192,6 +212,150 @@ def test_reflection_lists_every_service(mesh: Running) -> None:
                 for s in r.list_services_response.service
             }
         assert {service, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name} <= names
+
+
+def _watch(mesh: Running, key: str, timeout_s: float = 240) -> studyview_pb2.StudyView:
+    """Follow a study over WatchStudy until its view is complete; returns the last view."""
+    last = None
+    for view in mesh.view.WatchStudy(studyview_pb2.GetStudyRequest(study_key=key), timeout=timeout_s):
+        last = view
+    assert last is not None and last.complete, f"study view never completed: {last}"
+    return mesh.view.GetStudy(studyview_pb2.GetStudyRequest(study_key=key, similar_k=5), timeout=30)
+
+
+def _stages(view: studyview_pb2.StudyView) -> dict[str, tuple[int, str]]:
+    return {s.name: (s.state, s.reason) for s in view.stages}
+
+
+def test_every_study_reaches_a_complete_view(mesh: Running, manifest: list[dict]) -> None:
+    from scipy.stats import spearmanr
+
+    truth = {r["sop_instance_uid"]: r["rale_total"] for r in manifest}
+    estimated, expected = [], []
+    for name, key in sorted(mesh.keys.items()):
+        view = _watch(mesh, key)
+        stages = _stages(view)
+        assert all(state == studyview_pb2.STAGE_DONE for state, _ in stages.values()), (name, stages)
+        q = view.quantification
+        assert {m.region for m in q.regions} == {"right_upper", "right_lower", "left_upper", "left_lower"}
+        assert 0 <= q.rale_total <= 48 and len(q.landmarks) == 2
+        assert len(view.similar_cases) == 5 and view.diagnosis.neighbours_used > 0
+        if name in RG1:
+            assert view.prognosis.status == events_pb2.PrognosisResult.STATUS_NO_CLINICAL_DATA
+            assert "spo2_pct" in view.prognosis.missing_clinical
+            continue
+        assert view.prognosis.status == events_pb2.PrognosisResult.STATUS_DONE
+        assert 0.0 <= view.prognosis.probability_intubation_72h <= 1.0
+        dicom = view.segmentation.deidentified_dicom
+        uid = _read_blob(dicom).SOPInstanceUID
+        row_uid = next(r["sop_instance_uid"] for r in manifest if Path(name).match(r["paths"]["dicom"]))
+        estimated.append(q.rale_total)
+        expected.append(truth[row_uid])
+        assert uid != row_uid  # the source UID was replaced at de-identification
+    rho = spearmanr(estimated, expected).statistic
+    assert rho >= 0.7, f"RALE total Spearman rho {rho:.2f} on {len(expected)} held-out synthetic studies"
+
+
+def _read_blob(ref: common_pb2.BlobRef):
+    import io
+    from urllib.parse import urlparse
+
+    import pydicom
+
+    return pydicom.dcmread(io.BytesIO(Path(urlparse(ref.uri).path).read_bytes()))
+
+
+def test_dicom_seg_and_sr_read_back_and_reference_the_source(mesh: Running) -> None:
+    import io
+
+    import highdicom as hd
+    import pydicom
+
+    from cxrmesh.v1 import quantification_pb2, quantification_pb2_grpc
+
+    key = mesh.keys["RG1_UNCR.dcm"]
+    view = mesh.view.GetStudy(studyview_pb2.GetStudyRequest(study_key=key), timeout=30)
+    source = _read_blob(view.segmentation.deidentified_dicom)
+    with grpc.insecure_channel(mesh.state.endpoint("landmarks")) as ch:
+        out = quantification_pb2_grpc.LandmarkServiceStub(ch).GetDicomOutputs(
+            quantification_pb2.GetQuantificationRequest(study_key=key), timeout=30
+        )
+    seg = hd.seg.segread(io.BytesIO(out.segmentation))
+    assert seg.number_of_segments == 4
+    refs = {
+        item.ReferencedSOPInstanceUID
+        for s in seg.ReferencedSeriesSequence
+        for item in s.ReferencedInstanceSequence
+    }
+    assert refs == {source.SOPInstanceUID}
+    sr = pydicom.dcmread(io.BytesIO(out.structured_report))
+    assert sr.StudyInstanceUID == source.StudyInstanceUID == seg.StudyInstanceUID
+    evidence = {
+        i.ReferencedSOPInstanceUID
+        for st in sr.CurrentRequestedProcedureEvidenceSequence
+        for se in st.ReferencedSeriesSequence
+        for i in se.ReferencedSOPSequence
+    }
+    assert source.SOPInstanceUID in evidence and seg.SOPInstanceUID in evidence
+
+
+def test_clinical_data_submitted_later_gives_a_prognosis(mesh: Running, manifest: list[dict]) -> None:
+    from cxrmesh.client import header_from_manifest_row
+
+    key = mesh.keys["RG1_UNCR.dcm"]
+    clinical = header_from_manifest_row(manifest[0]).clinical
+    mesh.ingest.SubmitClinical(
+        ingestion_pb2.SubmitClinicalRequest(study_key=key, clinical=clinical), timeout=10
+    )
+    deadline = time.monotonic() + 120
+    while True:
+        view = mesh.view.GetStudy(studyview_pb2.GetStudyRequest(study_key=key), timeout=30)
+        if view.prognosis.status == events_pb2.PrognosisResult.STATUS_DONE:
+            break
+        assert time.monotonic() < deadline, "no prognosis after the clinical data arrived"
+        time.sleep(0.5)
+    assert 0.0 <= view.prognosis.probability_intubation_72h <= 1.0
+    with pytest.raises(grpc.RpcError) as err:
+        bad = common_pb2.ClinicalData(spo2_pct=250)
+        mesh.ingest.SubmitClinical(
+            ingestion_pb2.SubmitClinicalRequest(study_key=key, clinical=bad), timeout=10
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "spo2_pct" in err.value.details()
+
+
+def test_failed_model_call_is_a_failed_stage_and_a_dead_letter(mesh: Running) -> None:
+    """Unload the landmark model: a new study ends failed in the view and in the dead-letter topic."""
+    import tritonclient.grpc as tgrpc
+    from kafka import KafkaConsumer, TopicPartition
+
+    from cxrmesh.services.topics import DEAD_LETTER
+
+    triton = tgrpc.InferenceServerClient(mesh.state.triton)
+    triton.unload_model("cxr_landmarks")
+    try:
+        path, header = mesh.held_back
+        key = ingest_bytes(mesh.ingest, path.read_bytes(), header).study_key
+        view = _watch(mesh, key)
+    finally:
+        triton.load_model("cxr_landmarks")
+        triton.close()
+    stages = _stages(view)
+    assert stages["embedded"][0] == studyview_pb2.STAGE_DONE
+    assert stages["segmented"][0] == studyview_pb2.STAGE_DONE
+    state, reason = stages["quantified"]
+    assert state == studyview_pb2.STAGE_FAILED and "cxr_landmarks" in reason, reason
+    assert stages["prognosis"] == (studyview_pb2.STAGE_FAILED, "upstream stage quantified failed")
+    consumer = KafkaConsumer(
+        bootstrap_servers=mesh.state.kafka, consumer_timeout_ms=5000, enable_auto_commit=False
+    )
+    parts = [TopicPartition(DEAD_LETTER, p) for p in consumer.partitions_for_topic(DEAD_LETTER) or ()]
+    consumer.assign(parts)
+    consumer.seek_to_beginning(*parts)
+    letters = [events_pb2.DeadLetter.FromString(m.value) for m in consumer]
+    consumer.close()
+    mine = [d for d in letters if d.key == key]
+    assert mine and mine[0].service == "landmarks" and mine[0].source_topic == "cxrmesh.study.segmented.v1"
+    assert "cxr_landmarks" in mine[0].reason
 
 
 def test_no_phi_in_kafka_milvus_logs_or_metrics(mesh: Running, corpus: Path) -> None:
@@ -239,7 +403,7 @@ def test_no_phi_in_kafka_milvus_logs_or_metrics(mesh: Running, corpus: Path) -> 
 
 
 def test_health_follows_milvus(mesh: Running) -> None:
-    """Last: stopping Milvus takes search out of SERVING, other services stay healthy."""
+    """Last (it breaks the mesh): stopping Milvus takes search out of SERVING, others stay healthy."""
     import os
     import signal
 

@@ -303,5 +303,29 @@ def ingest(
         raise typer.Exit(code=1)
 
 
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Where the corpus, mesh state and report go.")] = Path(
+        "out/demo"
+    ),
+    n: Annotated[int, typer.Option("--n", min=8, help="Synthetic studies to generate.")] = 40,
+    new: Annotated[
+        int, typer.Option("--new", min=1, help="Of those, studies ingested as new (unlabelled).")
+    ] = 6,
+) -> None:
+    """The whole system end to end on the local mesh: ingest, follow every study, report."""
+    from cxrmesh.demo import run
+    from cxrmesh.mesh import MeshError
+
+    try:
+        result = run(out, n=n, new=new, say=typer.echo)
+    except MeshError as exc:
+        _fail(str(exc))
+    typer.echo(result.text)
+    typer.echo(f"HTML report: {result.report}   ({len(result.views)} studies, {result.seconds:.0f} s)")
+    if result.failed:
+        typer.secho(f"{result.failed} studies have failed stages (see the report)", fg=typer.colors.YELLOW)
+
+
 if __name__ == "__main__":
     app()

@@ -16,14 +16,24 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-SERVICES = ("ingestion", "embedding", "search")
+# start order: prognosis and study view ask search at run time
+SERVICES = ("ingestion", "embedding", "search", "segmentation", "landmarks", "prognosis", "studyview")
+FIXED_PORTS = {  # grpc, metrics (the documented defaults; --ports auto picks free ones)
+    "ingestion": (50051, 9461),
+    "embedding": (50052, 9462),
+    "search": (50053, 9463),
+    "segmentation": (50054, 9464),
+    "landmarks": (50055, 9465),
+    "prognosis": (50056, 9466),
+    "studyview": (50057, 9467),
+}
 STATE = "mesh.json"
 
 
@@ -113,11 +123,16 @@ class Mesh:
         repository: Path | None = None,
         ports: str = "auto",
         env: Mapping[str, str] | None = None,
+        services: Sequence[str] = SERVICES,
     ):
         self.home = Path(home).resolve()
         self.repository = repository
         self.fixed_ports = ports == "fixed"
         self.env = dict(env or {})
+        unknown = set(services) - set(SERVICES)
+        if unknown:
+            raise MeshError(f"unknown services {sorted(unknown)}; choose from {', '.join(SERVICES)}")
+        self.services = [s for s in SERVICES if s in services]
 
     # ------------------------------------------------------------------ helpers
     def _port(self, fixed: int) -> int:
@@ -177,7 +192,7 @@ class Mesh:
             self._start_broker(state, timeout_s, progress)
             self._start_milvus(state, timeout_s, progress)
             self._start_triton(state, timeout_s, progress)
-            for name in SERVICES:
+            for name in self.services:
                 self._start_service(state, name, timeout_s, progress)
         except BaseException:
             state.save()
@@ -245,7 +260,8 @@ class Mesh:
         from cxrmesh.runtime.triton import TritonClient
 
         http, grpc_port, metrics = self._port(8000), self._port(8001), self._port(8002)
-        argv, env = server_command(self.repository or REPOSITORY, http, grpc_port, metrics)
+        # explicit model control: operators (and the failure tests) can unload/reload a model live
+        argv, env = server_command(self.repository or REPOSITORY, http, grpc_port, metrics, explicit=True)
         progress(f"tritonserver (CPU profile) on 127.0.0.1:{grpc_port}")
         proc, log = self._spawn("triton", argv, env)
         state.triton = f"127.0.0.1:{grpc_port}"
@@ -269,8 +285,7 @@ class Mesh:
     def _start_service(
         self, state: MeshState, name: str, timeout_s: float, progress: Callable[[str], None]
     ) -> None:
-        fixed = {"ingestion": (50051, 9461), "embedding": (50052, 9462), "search": (50053, 9463)}[name]
-        port, metrics = self._port(fixed[0]), self._port(fixed[1])
+        port, metrics = (self._port(p) for p in FIXED_PORTS[name])
         env = {
             "CXRMESH_GRPC_PORT": str(port),
             "CXRMESH_METRICS_PORT": str(metrics),
@@ -279,6 +294,9 @@ class Mesh:
             "CXRMESH_KAFKA_BOOTSTRAP": state.kafka,
             "CXRMESH_TRITON_URL": state.triton,
             "CXRMESH_MILVUS_URI": state.milvus,
+            **(
+                {"CXRMESH_SEARCH_URL": state.endpoint("search")} if name in ("prognosis", "studyview") else {}
+            ),
             "CXRMESH_LOG_FORMAT": "json",
             "CXRMESH_DEID_SECRET": self._secret(),
             "PYTHONUNBUFFERED": "1",
