@@ -9,20 +9,29 @@ or storage unavailable is retried.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from typing import TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from cxrmesh.contract import MODEL_SIZE
+from cxrmesh.inference import model_input
+from cxrmesh.models.spec import MAX_BATCH
 from cxrmesh.runtime import metrics
-from cxrmesh.runtime.blobs import BlobError, BlobStore, bytes_array
-from cxrmesh.runtime.kafka import Event, EventProducer, PermanentError
-from cxrmesh.runtime.triton import TritonRejected
+from cxrmesh.runtime.blobs import BlobError, BlobStore, bytes_array, open_blob_store
+from cxrmesh.runtime.errors import InvalidArgument, NotFound
+from cxrmesh.runtime.grpc_server import ServiceRuntime
+from cxrmesh.runtime.kafka import Consumer, Event, EventProducer, PermanentError
+from cxrmesh.runtime.settings import ServiceSettings
+from cxrmesh.runtime.triton import TritonClient, TritonRejected
+from cxrmesh.services.results import ResultTable, kafka_config
 from cxrmesh.v1 import common_pb2
 
 T = TypeVar("T")
+M = TypeVar("M", bound=Message)
 
 
 def load_display(blobs: BlobStore, ref: common_pb2.BlobRef) -> np.ndarray:
@@ -85,4 +94,79 @@ def confirm(
     return results
 
 
-__all__ = ["EventProducer", "confirm", "load_all", "load_display", "now", "run_model"]
+# ----------------------------------------------------------------------------- batched image models
+
+
+def infer_images(
+    triton: TritonClient, model: str, images: Sequence[np.ndarray], outputs: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """Display images -> the model's outputs, at most MAX_BATCH studies per Triton request."""
+    parts: dict[str, list[np.ndarray]] = {o: [] for o in outputs}
+    for i in range(0, len(images), MAX_BATCH):
+        batch = np.concatenate([model_input(img) for img in images[i : i + MAX_BATCH]])
+        out = triton.infer(model, {"image": batch}, list(outputs))
+        for o in outputs:
+            parts[o].append(out[o])
+    return {o: np.concatenate(v) for o, v in parts.items()}
+
+
+def get_result(table: ResultTable[M], key: str, what: str) -> M:
+    """A stage's stored result for a Get RPC: INVALID_ARGUMENT without a key, NOT_FOUND before it exists."""
+    if not key:
+        raise InvalidArgument("missing_study_key", "study_key is required (from the IngestReply)")
+    msg = table.get(key)
+    if msg is None:
+        raise NotFound(f"no_{what}", f"no {what} for this study (unknown, or not processed yet)")
+    return msg
+
+
+# ----------------------------------------------------------------------------- service assembly
+
+
+@dataclass
+class StageParts:
+    """What a stage's worker and servicer are built from."""
+
+    settings: ServiceSettings
+    table: ResultTable
+    triton: TritonClient
+    producer: EventProducer
+    blobs: BlobStore
+
+
+def stage_service(
+    settings: ServiceSettings,
+    *,
+    group: str,
+    result_type: type[Message],
+    consumes: Mapping[str, type[Message]],
+    model: str,
+    worker: Callable[[StageParts], Callable[[Sequence[Event]], list[BaseException | None]]],
+    grpc_service: tuple[str, Callable[[Any, Any], None]],
+    servicer: Callable[[StageParts], Any],
+) -> ServiceRuntime:
+    """The one wiring of a Kafka stage: results table, Triton, consumer, gRPC API, health, shutdown."""
+    runtime = ServiceRuntime(settings)
+    parts = StageParts(
+        settings,
+        ResultTable(settings.data_dir / settings.service / "results.sqlite", result_type),
+        TritonClient(settings.triton_url, settings.triton_timeout_s),
+        EventProducer(kafka_config(settings, group, MAX_BATCH)),
+        open_blob_store(settings.blob_location),
+    )
+    consumer = Consumer(
+        kafka_config(settings, group, MAX_BATCH),
+        consumes,
+        worker(parts),
+        parts.producer,
+        service=settings.service,
+    )
+    name, add = grpc_service
+    runtime.add_service(name, add, servicer(parts))
+    runtime.add_dependency("triton", lambda: parts.triton.ready([model]))
+    runtime.add_dependency("kafka", consumer.healthy)
+    runtime.add_dependency("storage", lambda: parts.blobs.ping() and parts.table.ping())
+    runtime.add_worker("consumer", consumer.run)
+    for close in (parts.producer.close, parts.table.close, parts.triton.close):
+        runtime.on_close(close)
+    return runtime

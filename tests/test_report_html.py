@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import importlib.util
 import io
 import re
 from pathlib import Path
@@ -294,28 +293,3 @@ def test_screenshot_renders_the_report(
     img = np.asarray(Image.open(png).convert("RGB"))
     assert img.shape == (700, 900, 3)
     assert img.std() > 10  # rendered content, not a blank page
-
-
-# --------------------------------------------------------------------------------------------- demo
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(
-    importlib.util.find_spec("onnxruntime") is None
-    or not (ROOT / "model_repository" / "cxr_embedder" / "1" / "model.onnx").is_file(),
-    reason="needs onnxruntime and the exported models",
-)
-def test_demo_views_from_a_synthetic_corpus(tmp_path: Path) -> None:
-    from cxrmesh.synth.corpus import generate
-
-    corpus = tmp_path / "corpus"
-    generate(corpus, n=4, seed=3, write_dicom=False, workers=1)
-    blobs = LocalBlobStore(tmp_path / "blobs")
-    views = report_html.demo_views(corpus, blobs, ROOT / "model_repository", n=4)
-    assert len(views) == 4
-    assert views[1].stages[3].state == studyview_pb2.STAGE_FAILED
-    assert [len(v.quantification.regions) for v in views] == [4, 0, 4, 4]
-    assert views[3].prognosis.status == events_pb2.PrognosisResult.STATUS_NO_CLINICAL_DATA
-    doc = write_html_report(views, blobs, tmp_path / "report").read_text(encoding="utf-8")
-    assert doc.count('<section class="card') == 4
-    assert "RALE total (estimated)" in text_report(views)

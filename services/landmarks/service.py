@@ -22,18 +22,15 @@ from cxrmesh.contract import MODEL_SIZE
 from cxrmesh.dicom_outputs import make_measurement_report, make_segmentation, regions_to_source, to_bytes
 from cxrmesh.imaging.pixels import Letterbox
 from cxrmesh.inference import model_input
-from cxrmesh.models.spec import LANDMARKS, MAX_BATCH, MODEL_INPUT
+from cxrmesh.models.spec import LANDMARKS, MODEL_INPUT
 from cxrmesh.quantify import region_table
 from cxrmesh.rale import estimate_rale
 from cxrmesh.regions import REGION_KEYS, landmark_problems, split_regions
-from cxrmesh.runtime.blobs import NPY, BlobStore, array_bytes, bytes_array, open_blob_store
-from cxrmesh.runtime.errors import InvalidArgument, NotFound
+from cxrmesh.runtime.blobs import NPY, array_bytes, bytes_array
 from cxrmesh.runtime.grpc_server import ServiceRuntime
-from cxrmesh.runtime.kafka import Consumer, Event, EventProducer, PermanentError
+from cxrmesh.runtime.kafka import Event, PermanentError
 from cxrmesh.runtime.settings import LandmarkSettings
-from cxrmesh.runtime.triton import TritonClient
 from cxrmesh.services import stage, topics
-from cxrmesh.services.results import ResultTable, kafka_config
 from cxrmesh.v1 import common_pb2, events_pb2, quantification_pb2, quantification_pb2_grpc
 
 
@@ -91,11 +88,14 @@ def dicom_outputs(source_bytes: bytes, q: Quantified, rows: int, cols: int) -> t
 
 
 class LandmarkWorker:
-    def __init__(
-        self, settings: LandmarkSettings, triton: TritonClient, producer: EventProducer, table: ResultTable
-    ):
-        self.settings, self.triton, self.producer, self.table = settings, triton, producer, table
-        self.blobs: BlobStore = open_blob_store(settings.blob_location)
+    def __init__(self, parts: stage.StageParts):
+        self.settings = parts.settings
+        self.triton, self.producer, self.table, self.blobs = (
+            parts.triton,
+            parts.producer,
+            parts.table,
+            parts.blobs,
+        )
 
     def _load(self, event: Event) -> Inputs:
         msg: events_pb2.StudySegmented = event.message
@@ -105,15 +105,11 @@ class LandmarkWorker:
         return Inputs(stage.load_display(self.blobs, msg.display_image), lungs.astype(np.uint8))
 
     def _infer(self, items: Sequence[Inputs]) -> tuple[np.ndarray, np.ndarray]:
-        xy, conf = [], []
-        for i in range(0, len(items), MAX_BATCH):
-            batch = np.concatenate([model_input(it.display) for it in items[i : i + MAX_BATCH]])
-            out = self.triton.infer(
-                self.settings.landmark_model, {"image": batch}, ["landmarks", "confidence"]
-            )
-            xy.append(out["landmarks"])
-            conf.append(out["confidence"])
-        return np.concatenate(xy), np.concatenate(conf)
+        model = self.settings.landmark_model
+        out = stage.infer_images(
+            self.triton, model, [it.display for it in items], ("landmarks", "confidence")
+        )
+        return out["landmarks"], out["confidence"]
 
     def __call__(self, events: Sequence[Event]) -> list[BaseException | None]:
         results, ok, items = stage.load_all(events, self._load)
@@ -181,59 +177,41 @@ class LandmarkWorker:
 
 
 class LandmarkServicer(quantification_pb2_grpc.LandmarkServiceServicer):
-    def __init__(self, table: ResultTable, blobs: BlobStore):
-        self.table, self.blobs = table, blobs
-
-    def _get(self, key: str) -> events_pb2.StudyQuantified:
-        if not key:
-            raise InvalidArgument("missing_study_key", "study_key is required")
-        msg = self.table.get(key)
-        if msg is None:
-            raise NotFound(
-                "not_quantified", "no quantification for this study (unknown, or not processed yet)"
-            )
-        return msg
+    def __init__(self, parts: stage.StageParts):
+        self.parts = parts
 
     def GetQuantification(
         self, request: quantification_pb2.GetQuantificationRequest, context: grpc.ServicerContext
     ):
-        return self._get(request.study_key)
+        return stage.get_result(self.parts.table, request.study_key, "quantification")
 
     def GetDicomOutputs(
         self, request: quantification_pb2.GetQuantificationRequest, context: grpc.ServicerContext
     ):
-        msg = self._get(request.study_key)
+        msg = stage.get_result(self.parts.table, request.study_key, "quantification")
         return quantification_pb2.DicomOutputs(
             study_key=msg.study_key,
-            segmentation=self.blobs.get(msg.dicom_seg),
-            structured_report=self.blobs.get(msg.dicom_sr),
+            segmentation=self.parts.blobs.get(msg.dicom_seg),
+            structured_report=self.parts.blobs.get(msg.dicom_sr),
             segmentation_ref=msg.dicom_seg,
             structured_report_ref=msg.dicom_sr,
         )
 
 
 def build(settings: LandmarkSettings) -> ServiceRuntime:
-    runtime = ServiceRuntime(settings)
-    table = ResultTable(settings.data_dir / "landmarks" / "quantified.sqlite", events_pb2.StudyQuantified)
-    triton = TritonClient(settings.triton_url, settings.triton_timeout_s)
-    cfg = kafka_config(settings, "cxrmesh-landmarks", MAX_BATCH)
-    producer = EventProducer(cfg)
-    worker = LandmarkWorker(settings, triton, producer, table)
-    consumer = Consumer(
-        cfg, {topics.STUDY_SEGMENTED: events_pb2.StudySegmented}, worker, producer, service=settings.service
+    return stage.stage_service(
+        settings,
+        group="cxrmesh-landmarks",
+        result_type=events_pb2.StudyQuantified,
+        consumes={topics.STUDY_SEGMENTED: events_pb2.StudySegmented},
+        model=settings.landmark_model,
+        worker=LandmarkWorker,
+        grpc_service=(
+            quantification_pb2.DESCRIPTOR.services_by_name["LandmarkService"].full_name,
+            quantification_pb2_grpc.add_LandmarkServiceServicer_to_server,
+        ),
+        servicer=LandmarkServicer,
     )
-    runtime.add_service(
-        quantification_pb2.DESCRIPTOR.services_by_name["LandmarkService"].full_name,
-        quantification_pb2_grpc.add_LandmarkServiceServicer_to_server,
-        LandmarkServicer(table, worker.blobs),
-    )
-    runtime.add_dependency("triton", lambda: triton.ready([settings.landmark_model]))
-    runtime.add_dependency("kafka", consumer.healthy)
-    runtime.add_dependency("storage", worker.blobs.ping)
-    runtime.add_worker("consumer", consumer.run)
-    for close in (producer.close, table.close, triton.close):
-        runtime.on_close(close)
-    return runtime
 
 
 def main() -> None:
