@@ -43,14 +43,16 @@ N_CELLS = 2 * rale.GRID_HEIGHT * rale.GRID_LATERAL
 # ----------------------------------------------------------------------------- inputs
 
 
-def model_outputs(corpus: Path, rows: list[dict], repository: Path, threads: int, cache: Path | None, tag: str):
+def model_outputs(
+    corpus: Path, rows: list[dict], repository: Path, threads: int, cache: Path | None, tag: str
+):
     """(images, lungs, hilums) in the model-input frame for ``rows``, from the models or the cache."""
     path = cache / f"{tag}.npz" if cache else None
     uids = np.array([r["sop_instance_uid"] for r in rows])
     if path and path.is_file():
         z = np.load(path)
         if z["uid"].shape == uids.shape and (z["uid"] == uids).all():
-            return z["image"].astype(np.float32), z["lungs"], z["hilum"]
+            return z["image"], z["lungs"], z["hilum"]
     models = OnnxModels(repository, threads=threads)
     images, lungs, hilums = [], [], []
     t0 = time.perf_counter()
@@ -65,7 +67,7 @@ def model_outputs(corpus: Path, rows: list[dict], repository: Path, threads: int
     out = np.stack(images), np.stack(lungs), np.stack(hilums).astype(np.float64)
     if path:
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(path, image=out[0].astype(np.float16), lungs=out[1], hilum=out[2], uid=uids)
+        np.savez_compressed(path, image=out[0], lungs=out[1], hilum=out[2], uid=uids)
     return out
 
 
@@ -123,10 +125,10 @@ def agreement(studies: list[Study], estimates: list[rale.RaleEstimate]) -> dict:
         "extent_accuracy": float((ext_p == ext_t).mean()),
         "extent_within_1": float((np.abs(ext_p - ext_t) <= 1).mean()),
         "extent_kappa_quadratic": quadratic_kappa(ext_t, ext_p, 5),
-        "extent_per_quadrant": {
-            k: float((ext_p[q::4] == ext_t[q::4]).mean()) for q, k in enumerate(KEYS)
-        },
-        "density_accuracy_where_both_opacified": float((den_p[both] == den_t[both]).mean()) if both.any() else None,
+        "extent_per_quadrant": {k: float((ext_p[q::4] == ext_t[q::4]).mean()) for q, k in enumerate(KEYS)},
+        "density_accuracy_where_both_opacified": float((den_p[both] == den_t[both]).mean())
+        if both.any()
+        else None,
     }
 
 
@@ -193,7 +195,7 @@ def fit_offset(studies: list[Study], cal: dict) -> dict:
         xs.append([anchors[a] for a in rale.ANCHORS] + [1.0])
         ys.append(float(np.median(res[s.clear])))
     coef, *_ = np.linalg.lstsq(np.array(xs), np.array(ys), rcond=None)
-    fitted = dict(zip((*rale.ANCHORS, "bias"), (round(float(c), 4) for c in coef)))
+    fitted = dict(zip((*rale.ANCHORS, "bias"), (round(float(c), 4) for c in coef), strict=True))
     err = np.array(ys) - np.array(xs) @ coef
     print(f"  offset model: residual sd {err.std():.4f} over {len(ys)} train studies", file=sys.stderr)
     return fitted
@@ -217,7 +219,7 @@ def _fit_cuts(measure: np.ndarray, truth: np.ndarray, levels: int, offset: int) 
             lo = cuts[j - 1] if j else -np.inf
             hi = cuts[j + 1] if j + 1 < len(cuts) else np.inf
             for g in grid[(grid > lo) & (grid < hi)]:
-                trial = cuts[:j] + [float(g)] + cuts[j + 1 :]
+                trial = [*cuts[:j], float(g), *cuts[j + 1 :]]
                 sc = score(trial)
                 if sc > best + 1e-9:
                     best, cuts, improved = sc, trial, True
@@ -328,12 +330,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     e, t = report["estimator"], report["table_only_fallback"]
     print(f"{args.corpus} [{args.split}] n={e['n']} (predicted lungs and hilum)")
-    print(f"  total: Spearman rho {e['spearman_total']:.3f}  MAE {e['mae_total']:.2f}  bias {e['bias_total']:+.2f}")
+    print(
+        f"  total: Spearman rho {e['spearman_total']:.3f}  MAE {e['mae_total']:.2f}",
+        f" bias {e['bias_total']:+.2f}",
+        sep="",
+    )
     print(
         f"  extent: accuracy {e['extent_accuracy']:.3f}  within 1 {e['extent_within_1']:.3f}"
         f"  quadratic kappa {e['extent_kappa_quadratic']:.3f}"
     )
-    print("  extent accuracy per quadrant: " + "  ".join(f"{k} {v:.3f}" for k, v in e["extent_per_quadrant"].items()))
+    print(
+        "  extent accuracy per quadrant: "
+        + "  ".join(f"{k} {v:.3f}" for k, v in e["extent_per_quadrant"].items())
+    )
     d = e["density_accuracy_where_both_opacified"]
     print(f"  density accuracy (both opacified): {d:.3f}" if d is not None else "  density: n/a")
     for dx, v in report["by_diagnosis"].items():
