@@ -19,19 +19,35 @@ from cxrmesh.runtime.settings import ServiceSettings
 M = TypeVar("M", bound=Message)
 
 
-class ResultTable(Generic[M]):
-    """study_key -> latest result message of one type (idempotent overwrite on redelivery)."""
+class SqliteStore:
+    """A small SQLite database owned by one service process: WAL, one lock, safe across threads."""
 
-    def __init__(self, path: Path, message_type: type[M]):
+    def __init__(self, path: Path, schema: str, synchronous: str = "NORMAL"):
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.message_type = message_type
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         self._lock = threading.Lock()
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS results (study_key TEXT PRIMARY KEY, message BLOB NOT NULL)"
-            )
+            self._db.execute(f"PRAGMA synchronous={synchronous}")
+            self._db.executescript(schema)
+
+    def ping(self) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1").fetchone() == (1,)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class ResultTable(SqliteStore, Generic[M]):
+    """study_key -> latest result message of one type (idempotent overwrite on redelivery)."""
+
+    def __init__(self, path: Path, message_type: type[M]):
+        super().__init__(
+            path, "CREATE TABLE IF NOT EXISTS results (study_key TEXT PRIMARY KEY, message BLOB NOT NULL);"
+        )
+        self.message_type = message_type
 
     def put(self, key: str, message: M) -> None:
         with self._lock:
@@ -43,14 +59,6 @@ class ResultTable(Generic[M]):
         with self._lock:
             row = self._db.execute("SELECT message FROM results WHERE study_key = ?", (key,)).fetchone()
         return self.message_type.FromString(row[0]) if row else None
-
-    def ping(self) -> bool:
-        with self._lock:
-            return self._db.execute("SELECT 1").fetchone() == (1,)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
 
 
 def kafka_config(settings: ServiceSettings, group: str, max_batch: int | None = None) -> KafkaConfig:

@@ -8,11 +8,11 @@ lost, and consumers are idempotent for the rare duplicate.
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from cxrmesh.services.results import SqliteStore
 
 
 @dataclass(frozen=True)
@@ -24,26 +24,23 @@ class PendingEvent:
     type_name: str
 
 
-class Outbox:
+class Outbox(SqliteStore):
     def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._lock = threading.Lock()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(
-                """
-                CREATE TABLE IF NOT EXISTS studies (
-                    study_key TEXT PRIMARY KEY, patient_key TEXT NOT NULL, ingested_at REAL NOT NULL,
-                    event BLOB NOT NULL);
-                CREATE TABLE IF NOT EXISTS outbox (
-                    id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, key TEXT NOT NULL,
-                    type_name TEXT NOT NULL, payload BLOB NOT NULL, created_at REAL NOT NULL,
-                    sent_at REAL, attempts INTEGER NOT NULL DEFAULT 0);
-                CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(sent_at) WHERE sent_at IS NULL;
-                """
-            )
+        # synchronous=FULL: a committed study survives a power cut, which is what the ack promises
+        super().__init__(
+            path,
+            """
+            CREATE TABLE IF NOT EXISTS studies (
+                study_key TEXT PRIMARY KEY, patient_key TEXT NOT NULL, ingested_at REAL NOT NULL,
+                event BLOB NOT NULL);
+            CREATE TABLE IF NOT EXISTS outbox (
+                id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, key TEXT NOT NULL,
+                type_name TEXT NOT NULL, payload BLOB NOT NULL, created_at REAL NOT NULL,
+                sent_at REAL, attempts INTEGER NOT NULL DEFAULT 0);
+            CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(sent_at) WHERE sent_at IS NULL;
+            """,
+            synchronous="FULL",
+        )
 
     def add_study(self, study_key: str, patient_key: str, topic: str, type_name: str, event: bytes) -> bool:
         """Store a study and its event atomically; False if the study was already there."""
@@ -110,11 +107,3 @@ class Outbox:
     def backlog(self) -> int:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL").fetchone()[0])
-
-    def ping(self) -> bool:
-        with self._lock:
-            return self._db.execute("SELECT 1").fetchone() == (1,)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()

@@ -9,8 +9,6 @@ many of the nearest labelled prior cases (from search) were intubated.
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,7 +23,7 @@ from cxrmesh.runtime.kafka import Consumer, Event, EventProducer
 from cxrmesh.runtime.settings import PrognosisSettings
 from cxrmesh.runtime.triton import TritonClient
 from cxrmesh.services import convert, stage, topics
-from cxrmesh.services.results import ResultTable, kafka_config
+from cxrmesh.services.results import ResultTable, SqliteStore, kafka_config
 from cxrmesh.v1 import (
     common_pb2,
     events_pb2,
@@ -46,19 +44,15 @@ def missing_clinical(clinical: common_pb2.ClinicalData) -> list[str]:
     return [name for name in CLINICAL_FEATURES if not clinical.HasField(name)]
 
 
-class JoinTable:
+class JoinTable(SqliteStore):
     """Per study: the latest embedding, quantification and merged clinical data (SQLite)."""
 
     def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._lock = threading.Lock()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS joined"
-                " (study_key TEXT PRIMARY KEY, embedded BLOB, quantified BLOB, clinical BLOB)"
-            )
+        super().__init__(
+            path,
+            "CREATE TABLE IF NOT EXISTS joined"
+            " (study_key TEXT PRIMARY KEY, embedded BLOB, quantified BLOB, clinical BLOB);",
+        )
 
     def update(self, key: str, column: str, value: bytes) -> tuple[bytes | None, bytes | None, bytes | None]:
         assert column in ("embedded", "quantified", "clinical")
@@ -73,10 +67,6 @@ class JoinTable:
         with self._lock:
             row = self._db.execute("SELECT clinical FROM joined WHERE study_key = ?", (key,)).fetchone()
         return common_pb2.ClinicalData.FromString(row[0]) if row and row[0] else common_pb2.ClinicalData()
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
 
 
 class PrognosisWorker:

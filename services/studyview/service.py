@@ -10,7 +10,6 @@ reflect the index as it is now.
 from __future__ import annotations
 
 import dataclasses
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -24,7 +23,7 @@ from cxrmesh.runtime.grpc_server import ServiceRuntime
 from cxrmesh.runtime.kafka import Consumer, Event, EventProducer
 from cxrmesh.runtime.settings import StudyViewSettings
 from cxrmesh.services import topics
-from cxrmesh.services.results import kafka_config
+from cxrmesh.services.results import SqliteStore, kafka_config
 from cxrmesh.v1 import events_pb2, search_pb2, search_pb2_grpc, studyview_pb2, studyview_pb2_grpc
 
 # stage -> the topic whose event completes it
@@ -51,24 +50,20 @@ NEEDS = {
 TOPIC_STAGE = {topic: stage for stage, topic in STAGES.items()}
 
 
-class ViewStore:
+class ViewStore(SqliteStore):
     """Stage states and the latest message of each stage, per study."""
 
     def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._lock = threading.Lock()
+        super().__init__(
+            path,
+            """
+            CREATE TABLE IF NOT EXISTS stages (study_key TEXT, stage TEXT, state INTEGER, reason TEXT,
+                updated_at REAL, PRIMARY KEY (study_key, stage));
+            CREATE TABLE IF NOT EXISTS payloads (study_key TEXT, stage TEXT, message BLOB,
+                PRIMARY KEY (study_key, stage));
+            """,
+        )
         self.changed = threading.Condition()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.executescript(
-                """
-                CREATE TABLE IF NOT EXISTS stages (study_key TEXT, stage TEXT, state INTEGER, reason TEXT,
-                    updated_at REAL, PRIMARY KEY (study_key, stage));
-                CREATE TABLE IF NOT EXISTS payloads (study_key TEXT, stage TEXT, message BLOB,
-                    PRIMARY KEY (study_key, stage));
-                """
-            )
 
     def done(self, key: str, stage: str, message: bytes) -> None:
         with self._lock:
@@ -116,14 +111,6 @@ class ViewStore:
                 self._db.execute("SELECT stage, message FROM payloads WHERE study_key = ?", (key,)).fetchall()
             )
         return stages, payloads
-
-    def ping(self) -> bool:
-        with self._lock:
-            return self._db.execute("SELECT 1").fetchone() == (1,)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
 
 
 class ViewWorker:

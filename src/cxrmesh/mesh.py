@@ -202,23 +202,11 @@ class Mesh:
         return state
 
     def _start_broker(self, state: MeshState, timeout_s: float, progress: Callable[[str], None]) -> None:
-        from cxrmesh.runtime.broker import ensure_topics, find_tansu
+        from cxrmesh.runtime.broker import ensure_topics, find_tansu, tansu_command
         from cxrmesh.services.topics import all_topics
 
         port = self._port(9092)
-        url = f"tcp://127.0.0.1:{port}"
-        argv = [
-            str(find_tansu()),
-            "broker",
-            "--listener-url",
-            url,
-            "--advertised-listener-url",
-            url,
-            "--storage-engine",
-            "memory://tansu/",
-            "--cluster-id",
-            "cxrmesh-local",
-        ]
+        argv = tansu_command(find_tansu(), port, "cxrmesh-local")
         progress(f"kafka-protocol broker on 127.0.0.1:{port}")
         proc, log = self._spawn("broker", argv)
         state.kafka = f"127.0.0.1:{port}"

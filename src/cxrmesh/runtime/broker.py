@@ -111,6 +111,23 @@ def _answers_metadata(bootstrap: str, timeout_s: float) -> bool:
         admin.close()
 
 
+def tansu_command(binary: Path, port: int, cluster_id: str, host: str = "127.0.0.1") -> list[str]:
+    """argv of a memory-only Tansu broker listening (and advertising itself) on host:port."""
+    url = f"tcp://{host}:{port}"
+    return [
+        str(binary),
+        "broker",
+        "--listener-url",
+        url,
+        "--advertised-listener-url",
+        url,
+        "--storage-engine",
+        "memory://tansu/",
+        "--cluster-id",
+        cluster_id,
+    ]
+
+
 class LocalBroker:
     """One Tansu process with memory storage on 127.0.0.1; a context manager, or start()/stop().
 
@@ -160,19 +177,7 @@ class LocalBroker:
             log.warning("local broker exited at start, trying another port", extra={"port": self.port})
 
     def _spawn(self, binary: Path) -> None:
-        url = f"tcp://127.0.0.1:{self.port}"
-        cmd = [
-            str(binary),
-            "broker",
-            "--listener-url",
-            url,
-            "--advertised-listener-url",
-            url,
-            "--storage-engine",
-            "memory://tansu/",
-            "--cluster-id",
-            self.cluster_id,
-        ]
+        cmd = tansu_command(binary, self.port, self.cluster_id)
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log_file = self.log_path
