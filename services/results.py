@@ -71,4 +71,6 @@ def kafka_config(settings: ServiceSettings, group: str, max_batch: int | None = 
         max_attempts=settings.kafka_max_attempts,
         session_timeout_ms=settings.kafka_session_timeout_ms,
         heartbeat_interval_ms=settings.kafka_heartbeat_ms,
+        request_timeout_ms=settings.kafka_request_timeout_ms,
+        delivery_timeout_ms=max(120000, settings.kafka_request_timeout_ms * 2),
     )

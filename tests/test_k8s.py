@@ -201,7 +201,7 @@ def effective_settings(service: str, container: dict[str, Any], monkeypatch: pyt
     fields = env_fields(cls)
     values, refs = container_env(container)
     kwargs: dict[str, Any] = {fields[k]: v for k, v in values.items() if k in fields}
-    kwargs.update({fields[k]: "from-a-secret" for k in refs if k in fields})
+    kwargs.update({fields[k]: "value-from-a-kubernetes-secret" for k in refs if k in fields})
     return cls(**kwargs)
 
 

@@ -8,6 +8,7 @@ Kafka until the broker confirms. Refusals are INVALID_ARGUMENT with the validato
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import threading
@@ -24,10 +25,11 @@ from cxrmesh.runtime import metrics
 from cxrmesh.runtime.blobs import NPY, array_bytes, open_blob_store
 from cxrmesh.runtime.errors import InvalidArgument, NotFound, Unavailable
 from cxrmesh.runtime.grpc_server import ServiceRuntime
-from cxrmesh.runtime.kafka import EventProducer, KafkaConfig
+from cxrmesh.runtime.kafka import EventProducer
 from cxrmesh.runtime.settings import IngestionSettings
 from cxrmesh.services import convert, topics
 from cxrmesh.services.ingestion.outbox import Outbox
+from cxrmesh.services.results import kafka_config
 from cxrmesh.v1 import common_pb2, events_pb2, ingestion_pb2, ingestion_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -163,7 +165,9 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
         return header, b"".join(parts)
 
 
-def relay(outbox: Outbox, producer: EventProducer, stop: threading.Event, interval_s: float) -> None:
+def relay(
+    outbox: Outbox, producer: EventProducer, stop: threading.Event, interval_s: float, timeout_s: float = 30
+) -> None:
     """Publish pending outbox events until Kafka confirms each; mark them sent only then."""
     backlog = metrics.metric(metrics.Gauge, "cxrmesh_outbox_pending", "Events not yet confirmed by Kafka.")
     while not stop.is_set():
@@ -184,7 +188,7 @@ def relay(outbox: Outbox, producer: EventProducer, stop: threading.Event, interv
         sent, failed = [], []
         for event_id, fut in futures:
             try:
-                fut.get(timeout=30)
+                fut.get(timeout=timeout_s)
                 sent.append(event_id)
             except Exception as exc:  # kafka errors of any kind: keep the event, retry later
                 failed.append(event_id)
@@ -214,7 +218,7 @@ def build(settings: IngestionSettings) -> ServiceRuntime:
     outbox = Outbox(settings.data_dir / "ingestion" / "outbox.sqlite")
     servicer = IngestionServicer(settings, outbox)
     producer = EventProducer(
-        KafkaConfig(bootstrap=settings.kafka_bootstrap, client_id=f"{settings.service}-outbox")
+        dataclasses.replace(kafka_config(settings, ""), client_id=f"{settings.service}-outbox")
     )
     runtime.add_service(
         ingestion_pb2.DESCRIPTOR.services_by_name["IngestionService"].full_name,
@@ -223,7 +227,10 @@ def build(settings: IngestionSettings) -> ServiceRuntime:
     )
     runtime.add_dependency("storage", lambda: servicer.blobs.ping() and outbox.ping())
     runtime.add_dependency("kafka", producer.connected)
-    runtime.add_worker("outbox", lambda stop: relay(outbox, producer, stop, settings.outbox_interval_s))
+    timeout_s = settings.kafka_request_timeout_ms / 1000
+    runtime.add_worker(
+        "outbox", lambda stop: relay(outbox, producer, stop, settings.outbox_interval_s, timeout_s)
+    )
     runtime.on_close(outbox.close)
     runtime.on_close(producer.close)
     return runtime

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -40,6 +40,9 @@ class ServiceSettings(BaseSettings):
     kafka_heartbeat_ms: int = 3000
     kafka_max_batch: int = Field(16, ge=1)
     kafka_max_attempts: int = Field(5, ge=1)
+    kafka_request_timeout_ms: int = Field(
+        30000, ge=1000, description="also bounds a send while Kafka is away"
+    )
     triton_url: str = "127.0.0.1:8001"
     triton_timeout_s: float = Field(10.0, gt=0)
     grace_s: float = Field(10.0, ge=0, description="SIGTERM: finish in-flight work for this long")
@@ -65,6 +68,15 @@ class ServiceSettings(BaseSettings):
         return self.blob_uri or (self.data_dir / "blobs").resolve().as_uri()
 
 
+def _check_secret(value: SecretStr) -> SecretStr:
+    """Refuse a short pseudonym key at start-up rather than at the first study."""
+    from cxrmesh.ingest.deid import MIN_SECRET_BYTES
+
+    if len(value.get_secret_value().encode()) < MIN_SECRET_BYTES:
+        raise ValueError(f"must be at least {MIN_SECRET_BYTES} bytes (e.g. `openssl rand -hex 32`)")
+    return value
+
+
 class IngestionSettings(ServiceSettings):
     service: str = "ingestion"
     grpc_port: int = 50051
@@ -72,6 +84,11 @@ class IngestionSettings(ServiceSettings):
     # required, no default: a guessable key would make the pseudonyms reversible by lookup
     deid_secret: SecretStr = Field(description="HMAC key of the pseudonyms; rotating it makes new pseudonyms")
     outbox_interval_s: float = Field(0.5, gt=0)
+
+    @field_validator("deid_secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr) -> SecretStr:
+        return _check_secret(value)
 
 
 class EmbeddingSettings(ServiceSettings):
@@ -93,6 +110,11 @@ class SearchSettings(ServiceSettings):
     embed_model: str = "cxr_embedder"
     deid_secret: SecretStr = Field(description="the ingestion key: DICOM queries exclude the same patient")
     default_k: int = Field(10, ge=1, le=1024)
+
+    @field_validator("deid_secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr) -> SecretStr:
+        return _check_secret(value)
 
     @property
     def milvus_location(self) -> str:
