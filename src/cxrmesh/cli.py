@@ -254,7 +254,7 @@ def status(home: HomeOpt = MESH_HOME) -> None:
         typer.echo(f"no mesh in {home}")
         raise typer.Exit(code=1)
     for r in rows:
-        typer.echo(f"{r['name']:<10} pid {r['pid']:<8} {r['health']:<12} {r['endpoint']:<24} {r['log']}")
+        typer.echo(f"{r['name']:<13} pid {r['pid']:<8} {r['health']:<12} {r['endpoint']:<24} {r['log']}")
     if any(r["health"] not in ("SERVING", "RUNNING") for r in rows):
         raise typer.Exit(code=1)
 
