@@ -110,6 +110,14 @@ def infer_images(
     return {o: np.concatenate(v) for o, v in parts.items()}
 
 
+def embed_images(
+    triton: TritonClient, model: str, images: Sequence[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Display images -> (embeddings, attention maps), for the embedding service and DICOM queries."""
+    out = infer_images(triton, model, images, ("embedding", "attention"))
+    return out["embedding"], out["attention"]
+
+
 def get_result(table: ResultTable[M], key: str, what: str) -> M:
     """A stage's stored result for a Get RPC: INVALID_ARGUMENT without a key, NOT_FOUND before it exists."""
     if not key:

@@ -16,17 +16,8 @@ from cxrmesh.runtime.blobs import NPY, array_bytes
 from cxrmesh.runtime.grpc_server import ServiceRuntime
 from cxrmesh.runtime.kafka import Event
 from cxrmesh.runtime.settings import EmbeddingSettings
-from cxrmesh.runtime.triton import TritonClient
 from cxrmesh.services import stage, topics
 from cxrmesh.v1 import common_pb2, embedding_pb2, embedding_pb2_grpc, events_pb2
-
-
-def embed_images(
-    triton: TritonClient, model: str, images: Sequence[np.ndarray]
-) -> tuple[np.ndarray, np.ndarray]:
-    """MODEL_SIZE^2 display images -> (embeddings, attention maps)."""
-    out = stage.infer_images(triton, model, images, ("embedding", "attention"))
-    return out["embedding"], out["attention"]
 
 
 class EmbeddingWorker:
@@ -43,7 +34,7 @@ class EmbeddingWorker:
         )
         if not ok:
             return results
-        out = stage.run_model(results, ok, lambda: embed_images(p.triton, self.model, images))
+        out = stage.run_model(results, ok, lambda: stage.embed_images(p.triton, self.model, images))
         if out is None:
             return results
         emb, att = out

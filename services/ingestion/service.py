@@ -18,9 +18,8 @@ import grpc
 import pydicom
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from cxrmesh.ingest.deid import deidentify
-from cxrmesh.ingest.normalise import normalise
-from cxrmesh.ingest.validate import MAX_DICOM_BYTES, DicomRejected, decode_pixels, read_dicom, validate
+from cxrmesh.ingest.pipeline import process_dicom
+from cxrmesh.ingest.validate import MAX_DICOM_BYTES, DicomRejected
 from cxrmesh.runtime import metrics
 from cxrmesh.runtime.blobs import NPY, array_bytes, open_blob_store
 from cxrmesh.runtime.errors import InvalidArgument, NotFound, Unavailable
@@ -39,15 +38,6 @@ def rejected() -> metrics.Counter:
     return metrics.metric(
         metrics.Counter, "cxrmesh_ingest_rejected_total", "DICOM files refused at ingestion.", ("reason",)
     )
-
-
-def process_dicom(raw: bytes, secret: bytes):
-    """Validate, de-identify and normalise one DICOM (pure; raises DicomRejected)."""
-    ds = read_dicom(raw)
-    validate(ds)
-    stored = decode_pixels(ds)
-    deid = deidentify(ds, secret)
-    return deid, normalise(ds, stored)
 
 
 def dicom_bytes(ds: pydicom.Dataset) -> bytes:

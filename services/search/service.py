@@ -8,6 +8,7 @@ by Triton, then discarded: nothing of it is stored or logged).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ import grpc
 import numpy as np
 from google.protobuf import json_format
 
+from cxrmesh.ingest.pipeline import process_dicom
 from cxrmesh.ingest.validate import DicomRejected
 from cxrmesh.models.spec import EMBED_DIM
 from cxrmesh.runtime.blobs import NPY, array_bytes, open_blob_store
@@ -28,9 +30,7 @@ from cxrmesh.search.errors import InvalidQuery, StoreError, StoreUnavailable
 from cxrmesh.search.errors import NotFound as StoreNotFound
 from cxrmesh.search.store import CaseFilter, CaseRecord, CaseStore, Neighbour
 from cxrmesh.search.vote import weighted_vote
-from cxrmesh.services import convert, topics
-from cxrmesh.services.embedding.service import embed_images
-from cxrmesh.services.ingestion.service import process_dicom
+from cxrmesh.services import convert, stage, topics
 from cxrmesh.services.results import kafka_config
 from cxrmesh.v1 import common_pb2, events_pb2, search_pb2, search_pb2_grpc
 
@@ -199,7 +199,9 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         except DicomRejected as exc:
             raise InvalidArgument(exc.code, exc.reason) from exc
         try:
-            emb, att = embed_images(self.triton, self.settings.embed_model, [norm.display.astype(np.float32)])
+            emb, att = stage.embed_images(
+                self.triton, self.settings.embed_model, [norm.display.astype(np.float32)]
+            )
         except TritonError as exc:
             raise Unavailable("triton_unavailable", f"the embedder does not answer: {exc}") from exc
         ref = self.blobs.put(array_bytes(att[0, 0].astype(np.float32)), NPY)
@@ -239,8 +241,6 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
 
 
 def _replace(flt: CaseFilter, **changes: object) -> CaseFilter:
-    import dataclasses
-
     return dataclasses.replace(flt, **changes)
 
 
