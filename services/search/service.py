@@ -153,9 +153,11 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                 )
             rec = found[request.study_key]
             vector = rec.embedding
-            flt = _replace(flt, exclude_study_keys=(request.study_key,), model_version=rec.model_version)
+            flt = dataclasses.replace(
+                flt, exclude_study_keys=(request.study_key,), model_version=rec.model_version
+            )
             if not request.filter.include_same_patient:
-                flt = _replace(flt, exclude_patient_key=rec.patient_key)
+                flt = dataclasses.replace(flt, exclude_patient_key=rec.patient_key)
         elif kind == "embedding":
             vector = np.asarray(request.embedding.values, dtype=np.float32)
             if vector.shape != (EMBED_DIM,) or not np.all(np.isfinite(vector)):
@@ -168,12 +170,12 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                     "bad_embedding", "embedding has zero length; send an L2-normalised vector"
                 )
             vector = vector / norm
-            flt = _replace(flt, model_version=model_version(self._current_model()))
+            flt = dataclasses.replace(flt, model_version=model_version(self._current_model()))
         elif kind == "dicom":
             vector, attention_ref, model, patient_key = self._embed_dicom(request.dicom)
-            flt = _replace(flt, model_version=model_version(model))
+            flt = dataclasses.replace(flt, model_version=model_version(model))
             if not request.filter.include_same_patient:
-                flt = _replace(flt, exclude_patient_key=patient_key)
+                flt = dataclasses.replace(flt, exclude_patient_key=patient_key)
         else:
             raise InvalidArgument("missing_query", "set one of study_key, dicom or embedding")
         try:
@@ -238,10 +240,6 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         if r.clinical:
             json_format.Parse(r.clinical, case.clinical)
         return case
-
-
-def _replace(flt: CaseFilter, **changes: object) -> CaseFilter:
-    return dataclasses.replace(flt, **changes)
 
 
 def build(settings: SearchSettings) -> ServiceRuntime:

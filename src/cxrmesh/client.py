@@ -10,7 +10,8 @@ from typing import Any
 
 import grpc
 
-from cxrmesh.models.spec import CLINICAL_FEATURES
+from cxrmesh.services import convert
+from cxrmesh.synth.corpus import manifest_clinical
 from cxrmesh.v1 import common_pb2, ingestion_pb2, ingestion_pb2_grpc
 
 CHUNK = 1 << 20
@@ -36,19 +37,17 @@ def ingest_bytes(
 def header_from_manifest_row(row: dict[str, Any]) -> ingestion_pb2.IngestHeader:
     """Labels and clinical data of a corpus manifest row (the project's dataset layout)."""
     header = ingestion_pb2.IngestHeader(source_name=Path(row["paths"]["dicom"] or "").name)
-    diag = {"normal": 1, "covid19": 2, "other_pneumonia": 3}.get(row.get("diagnosis", ""), 0)
     outcome = row.get("outcome", {}).get("intubation_72h")
     header.labels.CopyFrom(
-        common_pb2.KnownLabels(diagnosis=diag, outcome=0 if outcome is None else (2 if outcome else 1))
+        common_pb2.KnownLabels(
+            diagnosis=convert.diagnosis_enum(row.get("diagnosis", "")),
+            outcome=convert.outcome_enum(-1 if outcome is None else int(outcome)),
+        )
     )
-    clin, demo = row.get("clinical"), row.get("demographics")
-    if clin and demo:
-        values = {
-            **{k: v for k, v in clin.items() if k in CLINICAL_FEATURES},
-            "age": demo["age"],
-            "sex_male": demo["sex"] == "M",
-            "comorbidity_count": len(demo.get("comorbidities", [])),
-        }
+    values = manifest_clinical(row)
+    if values is not None:
+        values["sex_male"] = bool(values["sex_male"])
+        values["comorbidity_count"] = int(values["comorbidity_count"])
         header.clinical.CopyFrom(common_pb2.ClinicalData(**values))
     return header
 

@@ -35,7 +35,7 @@ from cxrmesh.inference import input_labels, model_input
 from cxrmesh.models.nets import WORK, Embedder, Landmarker, PrognosisHead, Segmenter, soft_argmax
 from cxrmesh.models.spec import CLINICAL_FEATURES, EMBED_DIM, MODEL_INPUT, SEG_MEMBERS
 from cxrmesh.quantify import lung_dice, region_table, region_vector
-from cxrmesh.synth.corpus import read_manifest, read_training_copy
+from cxrmesh.synth.corpus import manifest_clinical, read_manifest, read_training_copy
 
 log = logging.getLogger(__name__)
 CPU = torch.device("cpu")
@@ -357,16 +357,10 @@ def retrieval_metrics(
 
 def clinical_vector(row: dict[str, Any]) -> np.ndarray | None:
     """Raw clinical features in ``spec.CLINICAL_FEATURES`` order, or None without clinical data."""
-    clin, demo = row.get("clinical"), row.get("demographics")
-    if not clin or not demo:
+    values = manifest_clinical(row)
+    if values is None:
         return None
-    values = {
-        **clin,
-        "age": demo["age"],
-        "sex_male": 1.0 if demo["sex"] == "M" else 0.0,
-        "comorbidity_count": len(demo.get("comorbidities", [])),
-    }
-    return np.array([float(values[k]) for k in CLINICAL_FEATURES], dtype=np.float32)
+    return np.array([values[k] for k in CLINICAL_FEATURES], dtype=np.float32)
 
 
 def _fit_logistic(

@@ -68,27 +68,28 @@ class ServiceSettings(BaseSettings):
         return self.blob_uri or (self.data_dir / "blobs").resolve().as_uri()
 
 
-def _check_secret(value: SecretStr) -> SecretStr:
-    """Refuse a short pseudonym key at start-up rather than at the first study."""
-    from cxrmesh.ingest.deid import MIN_SECRET_BYTES
+class PseudonymKeySettings(ServiceSettings):
+    """Services that make pseudonyms (ingestion; search for DICOM queries) share this key."""
 
-    if len(value.get_secret_value().encode()) < MIN_SECRET_BYTES:
-        raise ValueError(f"must be at least {MIN_SECRET_BYTES} bytes (e.g. `openssl rand -hex 32`)")
-    return value
-
-
-class IngestionSettings(ServiceSettings):
-    service: str = "ingestion"
-    grpc_port: int = 50051
-    metrics_port: int = 9461
     # required, no default: a guessable key would make the pseudonyms reversible by lookup
     deid_secret: SecretStr = Field(description="HMAC key of the pseudonyms; rotating it makes new pseudonyms")
-    outbox_interval_s: float = Field(0.5, gt=0)
 
     @field_validator("deid_secret")
     @classmethod
     def _long_enough(cls, value: SecretStr) -> SecretStr:
-        return _check_secret(value)
+        """Refuse a short key at start-up rather than at the first study."""
+        from cxrmesh.ingest.deid import MIN_SECRET_BYTES
+
+        if len(value.get_secret_value().encode()) < MIN_SECRET_BYTES:
+            raise ValueError(f"must be at least {MIN_SECRET_BYTES} bytes (e.g. `openssl rand -hex 32`)")
+        return value
+
+
+class IngestionSettings(PseudonymKeySettings):
+    service: str = "ingestion"
+    grpc_port: int = 50051
+    metrics_port: int = 9461
+    outbox_interval_s: float = Field(0.5, gt=0)
 
 
 class EmbeddingSettings(ServiceSettings):
@@ -98,7 +99,7 @@ class EmbeddingSettings(ServiceSettings):
     embed_model: str = "cxr_embedder"
 
 
-class SearchSettings(ServiceSettings):
+class SearchSettings(PseudonymKeySettings):
     service: str = "search"
     grpc_port: int = 50053
     metrics_port: int = 9463
@@ -108,13 +109,7 @@ class SearchSettings(ServiceSettings):
     milvus_index: Literal["FLAT", "IVF_FLAT", "HNSW"] = "FLAT"
     milvus_consistency: Literal["Strong", "Bounded", "Session", "Eventually"] = "Bounded"
     embed_model: str = "cxr_embedder"
-    deid_secret: SecretStr = Field(description="the ingestion key: DICOM queries exclude the same patient")
     default_k: int = Field(10, ge=1, le=1024)
-
-    @field_validator("deid_secret")
-    @classmethod
-    def _long_enough(cls, value: SecretStr) -> SecretStr:
-        return _check_secret(value)
 
     @property
     def milvus_location(self) -> str:

@@ -426,6 +426,25 @@ def read_training_copy(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path), dtype=np.float32) / TRAINING_COPY_MAX
 
 
+def manifest_clinical(row: dict[str, Any]) -> dict[str, float] | None:
+    """A manifest row's clinical variables by ``spec.CLINICAL_FEATURES`` name, None without them.
+
+    The one reading of the dataset layout's clinical fields, for training and for ingestion clients.
+    """
+    from cxrmesh.models.spec import CLINICAL_FEATURES
+
+    clin, demo = row.get("clinical"), row.get("demographics")
+    if not clin or not demo:
+        return None
+    values = {
+        **clin,
+        "age": demo["age"],
+        "sex_male": 1.0 if demo["sex"] == "M" else 0.0,
+        "comorbidity_count": len(demo.get("comorbidities", [])),
+    }
+    return {k: float(values[k]) for k in CLINICAL_FEATURES}
+
+
 def read_manifest(corpus: Path) -> list[dict[str, Any]]:
     """Rows of a corpus manifest, in generation order."""
     with open(Path(corpus) / "manifest.jsonl", encoding="utf-8") as fh:
