@@ -6,14 +6,18 @@ hilum, i.e. what the pipeline gives the estimator in production. Then it estimat
 Spearman rho and the mean absolute error of the total against the manifest's ``rale_total``, the
 per-quadrant extent accuracy and quadratic-weighted kappa, and the density accuracy.
 
-``--fit`` calibrates on the train split first (clear-lung atlas, exposure offset, opacity delta,
-extent and density cut points), prints the ``CALIBRATION`` literal to paste into rale.py, and
-evaluates the new constants on ``--split``. Examples:
+``--fit`` calibrates on the train split first (clear-lung atlas, exposure offset, per-quadrant
+extent and density weights, their cut points), prints the ``CALIBRATION`` block to paste into
+rale.py (everything between its ``# fmt: off`` and ``# fmt: on`` lines, replacing the one there),
+and evaluates the new constants on ``--split``. Examples:
 
     python benchmarks/rale_agreement.py --corpus data/corpus-2000 --fit
     python benchmarks/rale_agreement.py --corpus /tmp/rale-corpus --split test
 
-``--cache DIR`` keeps the model outputs per split (npz) so that reruns skip inference.
+``--cache DIR`` keeps the model outputs per split (npz) so that reruns skip inference. The file is
+``{corpus name}-{split}-{n}.npz`` with ``image`` (n, 256, 256) float32, ``lungs`` (n, 256, 256)
+uint8, ``hilum`` (n, 2) model-input (x, y) and ``uid`` (the rows' sop_instance_uid); any inputs in
+that layout are used as they are (e.g. the truth lung maps and hilum, to measure the estimator alone).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from scipy.optimize import lsq_linear
 from scipy.sparse import csr_matrix, hstack
 from scipy.sparse.linalg import lsqr
 from scipy.stats import spearmanr
@@ -120,6 +125,7 @@ def agreement(studies: list[Study], estimates: list[rale.RaleEstimate]) -> dict:
     return {
         "n": len(studies),
         "spearman_total": float(spearmanr(total, truth)[0]),
+        "spearman_score": float(spearmanr([e.score for e in estimates], truth)[0]),
         "mae_total": float(np.abs(total - truth).mean()),
         "bias_total": float((total - truth).mean()),
         "extent_accuracy": float((ext_p == ext_t).mean()),
@@ -228,36 +234,62 @@ def _fit_cuts(measure: np.ndarray, truth: np.ndarray, levels: int, offset: int) 
     return [round(float(c), 4) for c in cuts]
 
 
-def fit_cuts(studies: list[Study], cal: dict, delta: float) -> dict:
-    cal = {**cal, "opacity_delta": delta}
-    meas = [rale.region_measurements(s.px, cal) for s in studies]
-    frac = np.array([m[k]["opacified_fraction"] for m in meas for k in KEYS])
-    exc = np.array([m[k]["opacified_excess"] for m in meas for k in KEYS])
-    ext_t = np.concatenate([s.extent for s in studies])
-    den_t = np.concatenate([s.density for s in studies])
-    cal["extent_cuts"] = _fit_cuts(frac, ext_t, 5, 0)
-    ext_p = np.searchsorted(np.asarray(cal["extent_cuts"]), frac, side="right")
-    both = (ext_t > 0) & (ext_p > 0)
-    cal["density_cuts"] = _fit_cuts(exc[both], den_t[both], 3, 1)
+def _fit_monotone_ridge(x: np.ndarray, y: np.ndarray, ridge: float) -> np.ndarray:
+    """Ridge least squares on standardised columns with the first ``rale.N_MONOTONE`` weights
+    non-negative (more or denser opacity never lowers the measure); the weights on the raw columns,
+    the last being the intercept (the design's constant column)."""
+    mu, sd = x[:, :-1].mean(axis=0), x[:, :-1].std(axis=0) + 1e-9
+    z = np.hstack([(x[:, :-1] - mu) / sd, np.ones((len(x), 1))])
+    p = z.shape[1]
+    a = np.vstack([z, np.sqrt(ridge) * np.eye(p)[:-1]])
+    lower = np.full(p, -np.inf)
+    lower[: rale.N_MONOTONE] = 0.0
+    w = lsq_linear(a, np.concatenate([y, np.zeros(p - 1)]), bounds=(lower, np.inf)).x
+    raw = w[:-1] / sd
+    return np.append(raw, w[-1] - (mu * raw).sum())
+
+
+def _significant(w: np.ndarray) -> list[float]:
+    """Five significant digits; weights the solver left at its bound (~1e-20) become 0."""
+    return [float(f"{v:.5g}") if abs(v) > 1e-8 else 0.0 for v in w]
+
+
+def fit_quadrant_models(studies: list[Study], cal: dict, ridge: float) -> dict:
+    """Per quadrant, linear extent and density measures from ``rale.quadrant_design`` (density on
+    the truly opacified quadrants only), then the cut points that turn them into scores."""
+    design = np.stack([rale.quadrant_design(rale.region_features(s.px, cal)) for s in studies])
+    ext_t = np.stack([s.extent for s in studies])
+    den_t = np.stack([s.density for s in studies])
+    cal = {**cal, "extent_weights": [], "density_weights": []}
+    for q in range(len(KEYS)):
+        sick = ext_t[:, q] > 0
+        cal["extent_weights"].append(_significant(_fit_monotone_ridge(design[:, q], ext_t[:, q], ridge)))
+        cal["density_weights"].append(
+            _significant(_fit_monotone_ridge(design[sick, q], den_t[sick, q].astype(float), ridge))
+        )
+    ext_m = (design * np.asarray(cal["extent_weights"])).sum(axis=2).ravel()
+    den_m = (design * np.asarray(cal["density_weights"])).sum(axis=2).ravel()
+    cal["extent_cuts"] = _fit_cuts(ext_m, ext_t.ravel(), 5, 0)
+    ext_p = np.searchsorted(np.asarray(cal["extent_cuts"]), ext_m, side="right")
+    both = (ext_t.ravel() > 0) & (ext_p > 0)
+    cal["density_cuts"] = _fit_cuts(den_m[both], den_t.ravel()[both], 3, 1)
     return cal
 
 
-def fit(studies: list[Study]) -> dict:
+def fit(studies: list[Study], ridge: float) -> dict:
     rng = np.random.default_rng(0)
     cal = json.loads(json.dumps(rale.CALIBRATION))
     print("fitting the clear-lung atlas on the normal train studies", file=sys.stderr)
     cal["cell"], cal["dist"], cal["body"] = fit_atlas(studies, rng)
     cal["offset"] = fit_offset(studies, cal)
+    cal = fit_quadrant_models(studies, rounded(cal), ridge)
+    est = [rale.rale_from_measurements(rale.region_measurements(s.px, cal), cal) for s in studies]
     truth = np.array([s.total for s in studies])
-    best = None
-    for delta in (0.02, 0.03, 0.04, 0.05, 0.06, 0.08):
-        trial = fit_cuts(studies, cal, delta)
-        est = [rale.rale_from_measurements(rale.region_measurements(s.px, trial), trial) for s in studies]
-        rho = float(spearmanr([e.total for e in est], truth)[0])
-        print(f"  delta {delta:.2f}: train Spearman {rho:.3f}", file=sys.stderr)
-        if best is None or rho > best[0]:
-            best = (rho, trial)
-    cal = best[1]
+    print(
+        f"  train Spearman: total {spearmanr([e.total for e in est], truth)[0]:.3f}"
+        f"  score {spearmanr([e.score for e in est], truth)[0]:.3f}",
+        file=sys.stderr,
+    )
     # table-only fallback: the table's opacity_fraction through quantile-matched cuts, modal density
     tfrac = np.array([s.table[k]["opacity_fraction"] for s in studies for k in KEYS])
     ext_t = np.concatenate([s.extent for s in studies])
@@ -267,9 +299,10 @@ def fit(studies: list[Study]) -> dict:
     return cal
 
 
-def literal(cal: dict) -> str:
-    """The CALIBRATION dict as Python source for rale.py."""
-    lines = ["CALIBRATION: dict[str, Any] = {"]
+def literal(cal: dict, provenance: str) -> str:
+    """The CALIBRATION dict as Python source for rale.py: the block between the fmt markers (kept
+    out of ruff format, which would put each weight on its own line) replaces the one there."""
+    lines = ["# fmt: off", f"# {provenance}", "CALIBRATION: dict[str, Any] = {"]
     lines.append('    "cell": [')
     for side in cal["cell"]:
         lines.append("        [")
@@ -279,9 +312,15 @@ def literal(cal: dict) -> str:
     for key in ("dist", "body"):
         lines.append(f'    "{key}": {[round(v, 3) for v in cal[key]]},')
     lines.append(f'    "offset": {json.dumps(cal["offset"])},')
-    for key in ("opacity_delta", "extent_cuts", "density_cuts", "table_extent_cuts", "table_density"):
+    for key in ("extent_weights", "density_weights"):
+        lines.append(f'    "{key}": [')
+        for row in cal[key]:  # one quadrant per block, 7 weights a line
+            chunks = [", ".join(repr(v) for v in row[i : i + 7]) for i in range(0, len(row), 7)]
+            lines.append("        [\n" + ",\n".join(f"            {c}" for c in chunks) + ",\n        ],")
+        lines.append("    ],")
+    for key in ("extent_cuts", "density_cuts", "table_extent_cuts", "table_density"):
         lines.append(f'    "{key}": {json.dumps(cal[key])},')
-    lines.append("}")
+    lines.extend(["}", "# fmt: on"])
     return "\n".join(lines)
 
 
@@ -306,21 +345,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=None, help="first N studies of each split")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = default)")
     p.add_argument("--cache", type=Path, default=None, help="directory for cached model outputs")
+    p.add_argument("--ridge", type=float, default=1.0, help="ridge penalty of the quadrant models (--fit)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     args = p.parse_args(argv)
 
     cal = rale.CALIBRATION
     if args.fit:
-        cal = rounded(fit(load_studies(args.corpus, "train", args)))
-        print("# Generated by: .venv/bin/python benchmarks/rale_agreement.py --corpus", args.corpus, "--fit")
-        print(literal(cal))
+        train = load_studies(args.corpus, "train", args)
+        cal = rounded(fit(train, args.ridge))
+        inputs = (
+            f"the cached inputs in {args.cache}" if args.cache else f"the ONNX models in {args.repository}"
+        )
+        print(
+            literal(
+                cal,
+                f"Fitted on {args.corpus.name} train ({len(train)} studies), {inputs}, ridge {args.ridge}",
+            )
+        )
     studies = load_studies(args.corpus, args.split, args)
     est = [rale.rale_from_measurements(rale.region_measurements(s.px, cal), cal) for s in studies]
     table_only = [rale.estimate_rale(s.table, calibration=cal) for s in studies]
     report = {
         "corpus": str(args.corpus),
         "split": args.split,
-        "inputs": "predicted lungs + predicted left hilum (committed ONNX models), model-input frame",
+        "inputs": f"lungs + left hilum from {args.cache or 'the committed ONNX models'}, model-input frame",
         "estimator": agreement(studies, est),
         "by_diagnosis": by_diagnosis(studies, est),
         "table_only_fallback": agreement(studies, table_only),
@@ -329,9 +377,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report, indent=2))
         return 0
     e, t = report["estimator"], report["table_only_fallback"]
-    print(f"{args.corpus} [{args.split}] n={e['n']} (predicted lungs and hilum)")
+    print(f"{args.corpus} [{args.split}] n={e['n']} ({report['inputs']})")
     print(
-        f"  total: Spearman rho {e['spearman_total']:.3f}  MAE {e['mae_total']:.2f}",
+        f"  total: Spearman rho {e['spearman_total']:.3f} (unrounded score {e['spearman_score']:.3f})"
+        f"  MAE {e['mae_total']:.2f}",
         f" bias {e['bias_total']:+.2f}",
         sep="",
     )

@@ -51,8 +51,17 @@ def _metrics_lines(name: str, m: dict[str, Any]) -> list[str]:
     if name in SEG_MEMBERS and "dice_members" in m:
         return [f"- Test Dice (mean of right and left lung): **{m['dice_members'][name]:.3f}**"]
     if name == SEG_ENSEMBLE.name and "dice_ensemble" in m:
-        members = ", ".join(f"{k.removeprefix('lung_seg_')} {v:.3f}" for k, v in m["dice_members"].items())
-        return [f"- Test Dice: ensemble **{m['dice_ensemble']:.3f}**; members {members}"]
+        members = ", ".join(f"{k.removeprefix('lung_seg_')} {v:.4f}" for k, v in m["dice_members"].items())
+        lines = [f"- Test Dice: ensemble **{m['dice_ensemble']:.4f}**; members {members}"]
+        if len(set(m.get("ensemble_weights", {}).values())) > 1:
+            fitted = m["ensemble_weights"].items()
+            weights = ", ".join(f"{k.removeprefix('lung_seg_')} {v:g}" for k, v in fitted)
+            lines.append(
+                f"- Member weights (fitted on the validation split): {weights}; the unweighted mean "
+                f"scores {m['dice_ensemble_unweighted']:.4f}. Every member is still called: "
+                "`member_probs` and the members' agreement use all five."
+            )
+        return lines
     if name == "cxr_landmarks" and "landmark_error_mm" in m:
         e = m["landmark_error_mm"]
         return [
@@ -126,6 +135,8 @@ def results_table(m: dict[str, Any]) -> str:
         rows.append(
             f"| **Dice, ensemble** | **{m['dice_ensemble']:.4f}** | ≥ 0.95 and > best member ({best:.4f}) |"
         )
+        if len(set(m.get("ensemble_weights", {}).values())) > 1:
+            rows.append(f"| Dice, ensemble with equal weights | {m['dice_ensemble_unweighted']:.4f} | |")
     if "landmark_error_mm" in m:
         e = m["landmark_error_mm"]
         rows.append(f"| landmark error, carina (mean) | {e['carina_mean']:.2f} mm | |")

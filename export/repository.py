@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
@@ -93,8 +94,15 @@ def cpu_config(
     return config
 
 
-def ensemble_config(spec: ModelSpec = SEG_ENSEMBLE, batching: Batching | None = None) -> mc.ModelConfig:
-    """Both profiles of the segmentation ensemble: a python BLS model on the CPU that calls the members."""
+def ensemble_config(
+    spec: ModelSpec = SEG_ENSEMBLE,
+    batching: Batching | None = None,
+    member_weights: Mapping[str, float] | None = None,
+) -> mc.ModelConfig:
+    """Both profiles of the segmentation ensemble: a python BLS model on the CPU that calls the members.
+
+    ``member_weights`` (member name -> weight, fitted on validation) make the mean a weighted one.
+    """
     members = [BY_NAME[name] for name in spec.members]
     (member_input,) = {m.inputs for m in members}  # members must share one contract
     (member_output,) = {m.outputs for m in members}
@@ -114,9 +122,27 @@ def ensemble_config(spec: ModelSpec = SEG_ENSEMBLE, batching: Batching | None = 
             "member_output": probs.name,
             "mean_output": mean.name,
             "stack_output": stack.name,
+            **({"member_weights": format_weights(spec, member_weights)} if member_weights else {}),
         },
     )
     return config
+
+
+def format_weights(spec: ModelSpec, member_weights: Mapping[str, float]) -> str:
+    """The ``member_weights`` parameter: one weight per member, in the members' order."""
+    if set(member_weights) != set(spec.members) or any(w < 0 for w in member_weights.values()):
+        raise ValueError(f"{spec.name}: member weights must be >= 0 for exactly {list(spec.members)}")
+    if sum(member_weights.values()) <= 0:
+        raise ValueError(f"{spec.name}: member weights sum to 0")
+    return ",".join(f"{member_weights[m]:.6g}" for m in spec.members)
+
+
+def member_weights(repository: Path, spec: ModelSpec = SEG_ENSEMBLE) -> np.ndarray:
+    """The ensemble's normalised member weights as served from ``repository`` (equal when unset)."""
+    config = read_config(repository / spec.name / CONFIG_FILE)
+    raw = config.parameters["member_weights"].string_value if "member_weights" in config.parameters else ""
+    weights = np.array([float(w) for w in raw.split(",")]) if raw else np.ones(len(spec.members))
+    return weights / weights.sum()
 
 
 def config_text(config: mc.ModelConfig) -> str:
@@ -192,11 +218,13 @@ def write_repository(
     cards: Mapping[str, str] | None = None,
     batching: Batching | None = None,
     intra_op_threads: int = 0,
+    ensemble_weights: Mapping[str, float] | None = None,
 ) -> list[str]:
     """Write every model of ``cxrmesh.models.spec`` into the repository ``out``; returns the model names.
 
     ``onnx_dir`` holds ``<name>.onnx`` for each ONNX model. ``cards`` maps model names to model-card
-    Markdown; models without one get ``default_card``. ``intra_op_threads`` goes to ONNX Runtime in the
+    Markdown; models without one get ``default_card``. ``ensemble_weights`` are the segmentation
+    members' weights (equal when None). ``intra_op_threads`` goes to ONNX Runtime in the
     CPU profile (0 = one per core). Files this function does not write (a ``model.plan`` from
     ``build_trt``) are left alone, so rebuild plans after writing new ONNX files.
     """
@@ -223,7 +251,7 @@ def write_repository(
         _write(model_dir / CARD_FILE, cards.get(spec.name, default_card(spec)))
     for spec in COMPOSITE_MODELS:
         model_dir = out / spec.name
-        text = config_text(ensemble_config(spec, batching))
+        text = config_text(ensemble_config(spec, batching, ensemble_weights))
         _write(model_dir / CONFIG_FILE, text)
         _write(model_dir / "configs" / f"{CPU_PROFILE}.pbtxt", text)
         _write(model_dir / str(version) / PYTHON_FILE, ensemble_py)

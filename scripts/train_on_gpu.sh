@@ -10,6 +10,10 @@ OUT=${1:?usage: train_on_gpu.sh OUT_DIR [STUDIES] [SEG_EPOCHS] [LANDMARK_EPOCHS]
 N=${2:-3000}; SEG=${3:-12}; LM=${4:-20}; EMB=${5:-100}
 WORK=${WORK:-/tmp/cxrmesh-gpu}
 TRAIN_TIMEOUT=${TRAIN_TIMEOUT:-420}
+DEVICE=${DEVICE:-cuda}
+ONLY=${ONLY:-}               # e.g. "embedder,seg": a subset of seg, landmarks, embedder, prognosis
+SEG_SECONDS=${SEG_SECONDS:-0}  # wall-time budget per segmentation member (0 = none)
+SEG_MEMBERS=${SEG_MEMBERS:-}   # e.g. "lung_seg_fpn,lung_seg_linknet" (empty = all five)
 mkdir -p "$OUT" "$WORK"
 log() { echo "[$(date +%T)] $*" | tee -a "$OUT/log.txt"; }
 
@@ -36,9 +40,9 @@ s = generate(Path(sys.argv[1]), int(sys.argv[2]), seed=1, write_dicom=False, wor
 print(s.get("splits"))
 ' "$WORK/corpus" "$N" 2>&1 | tail -3 | tee -a "$OUT/log.txt"
 
-log "train (seg $SEG, landmarks $LM, embedder $EMB epochs)"
+log "train (seg $SEG epochs / ${SEG_SECONDS}s, landmarks $LM, embedder $EMB epochs; only: ${ONLY:-all})"
 set +e
-timeout "$TRAIN_TIMEOUT" python3 - "$WORK/corpus" "$WORK" "$SEG" "$LM" "$EMB" <<'PY' 2>&1 | grep -v Warning | tee -a "$OUT/log.txt"
+timeout "$TRAIN_TIMEOUT" python3 - "$WORK/corpus" "$WORK" "$SEG" "$LM" "$EMB" "$ONLY" "$SEG_SECONDS" "$DEVICE" "$SEG_MEMBERS" <<'PY' 2>&1 | grep -v Warning | tee -a "$OUT/log.txt"
 import json, logging, sys, time
 from pathlib import Path
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -47,7 +51,9 @@ corpus, work = Path(sys.argv[1]), Path(sys.argv[2])
 t = time.time()
 cfg = TrainConfig(corpus=corpus, out=work / "runs", weights=work / "weights", seed=0,
                   seg_epochs=int(sys.argv[3]), seg_limit=None, landmark_epochs=int(sys.argv[4]),
-                  embed_epochs=int(sys.argv[5]), embed_batch=60, device="cuda", resume=False)
+                  embed_epochs=int(sys.argv[5]), embed_batch=60, device=sys.argv[8], resume=False,
+                  only=tuple(p for p in sys.argv[6].split(",") if p), seg_seconds=float(sys.argv[7]) or None,
+                  seg_members=tuple(p for p in sys.argv[9].split(",") if p))
 m = train_all(cfg)
 print(json.dumps(m, indent=1, sort_keys=True))
 print(f"train_all took {time.time() - t:.0f} s")

@@ -14,7 +14,7 @@ from cxrmesh.contract import MODEL_SIZE, TRAINING_COPY_MAX
 from cxrmesh.imaging.pixels import letterbox, to_display
 from cxrmesh.regions import REGION_KEYS, Lung, Region, landmark_problems, split_regions
 from cxrmesh.synth.corpus import generate, plan_corpus, read_manifest
-from cxrmesh.synth.disease import extent_from_fraction
+from cxrmesh.synth.disease import extent_from_fraction, rale_total
 
 CR = "1.2.840.10008.5.1.4.1.1.1"
 DX = "1.2.840.10008.5.1.4.1.1.1.1"
@@ -152,6 +152,20 @@ def test_splits_are_patient_level(manifest: list[dict]) -> None:
     # and over a larger plan every split is used
     plans = plan_corpus(5, 400)
     assert {p.split for p in plans} == {"train", "val", "test"}
+
+
+def test_every_disease_study_shows_its_disease() -> None:
+    """A diagnosis label on a clear radiograph is invisible to any image model; the planner stops
+    imaging a patient once the opacities have cleared (and the admission film always shows them)."""
+    plans = plan_corpus(1, 1500)
+    disease = [(p, s) for p in plans if p.diagnosis != "normal" for s in p.studies]
+    assert len(disease) > 900
+    assert all(rale_total(s.rale) > 0 for _, s in disease)
+    assert all(rale_total(s.rale) == 0 for p in plans if p.diagnosis == "normal" for s in p.studies)
+    # resolving courses still exist: some patients' later studies score lower than their first
+    assert any(
+        rale_total(p.studies[-1].rale) < rale_total(p.studies[0].rale) for p in plans if len(p.studies) > 1
+    )
 
 
 def test_clinical_record_and_outcome(manifest: list[dict]) -> None:

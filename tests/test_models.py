@@ -12,7 +12,15 @@ import torch
 from cxrmesh.export.onnx_export import PARITY_TOLERANCE, check_parity, export_model
 from cxrmesh.models import nets
 from cxrmesh.models.spec import BY_NAME, EMBED_DIM, MODEL_INPUT
-from cxrmesh.models.train import TrainConfig, auc, load_data, retrieval_metrics, train_all
+from cxrmesh.models.train import (
+    TrainConfig,
+    auc,
+    dice_scores,
+    load_data,
+    retrieval_metrics,
+    select_ensemble_weights,
+    train_all,
+)
 from cxrmesh.quantify import region_table, region_vector
 from cxrmesh.synth.corpus import generate
 
@@ -134,3 +142,27 @@ def test_region_table_measures_what_is_there() -> None:
     assert sum(r["area_fraction"] for r in table.values()) == pytest.approx(1.0)
     assert table["left_lower"]["mean_intensity"] > table["right_lower"]["mean_intensity"]
     assert region_vector(table).shape == (12,)
+
+
+def _probs(labels: torch.Tensor, p: float) -> torch.Tensor:
+    """Class probabilities putting ``p`` on ``labels`` and the rest evenly on the other two classes."""
+    onehot = torch.nn.functional.one_hot(labels.long(), 3).permute(0, 3, 1, 2).float()
+    return onehot * p + (1 - onehot) * (1 - p) / 2
+
+
+def test_ensemble_selection_keeps_members_that_help_and_drops_harm() -> None:
+    """Member a is sure and right on the left half but leans wrong on the right, b the mirror
+    image, and a third member is wrong everywhere: a and b share the weight, their weighted mean
+    beats either alone, and the wrong one gets none."""
+    truth = torch.randint(0, 3, (4, 16, 16), generator=torch.Generator().manual_seed(0))
+    right, wrong = _probs(truth, 0.9), _probs((truth + 1) % 3, 0.6)
+    left = torch.zeros(16, 16, dtype=torch.bool)
+    left[:, :8] = True
+    a = torch.where(left, right, wrong)
+    b = torch.where(left, wrong, right)
+    bad = _probs((truth + 1) % 3, 0.9)
+    weights = select_ensemble_weights({"a": a, "b": b, "bad": bad}, truth, rounds=10)
+    assert weights["bad"] == 0 and weights["a"] > 0 and weights["b"] > 0
+    assert abs(sum(weights.values()) - 1) < 1e-9
+    mixed = dice_scores(weights["a"] * a + weights["b"] * b, truth).mean()
+    assert mixed > max(dice_scores(a, truth).mean(), dice_scores(b, truth).mean())

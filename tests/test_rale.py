@@ -20,16 +20,8 @@ KEYS = tuple(REGION_KEYS.values())
 EMPTY_TABLE = {k: {"opacity_fraction": 0.0} for k in KEYS}
 
 
-def _measurements(fraction: float, excess: float) -> dict[str, dict[str, float]]:
-    return {
-        k: {
-            "opacified_fraction": fraction,
-            "opacified_excess": excess,
-            "mean_excess": 0.0,
-            "scored_pixels": 100,
-        }
-        for k in KEYS
-    }
+def _measurements(extent: float, density: float) -> dict[str, dict[str, float]]:
+    return {k: {"extent_measure": extent, "density_measure": density, "scored_pixels": 100} for k in KEYS}
 
 
 def test_calibration_is_well_formed() -> None:
@@ -40,35 +32,48 @@ def test_calibration_is_well_formed() -> None:
     for key, n in (("extent_cuts", 4), ("density_cuts", 2), ("table_extent_cuts", 4)):
         cuts = np.asarray(cal[key])
         assert cuts.shape == (n,) and (np.diff(cuts) > 0).all(), key
-    assert cal["extent_cuts"][0] > 0 and cal["extent_cuts"][-1] < 1
-    assert cal["opacity_delta"] > 0 and cal["table_density"] in (1, 2, 3)
+    assert cal["extent_cuts"][0] > 0 and cal["extent_cuts"][-1] < 4
+    assert cal["density_cuts"][0] > 1 and cal["density_cuts"][-1] < 3 and cal["table_density"] in (1, 2, 3)
+    for key in ("extent_weights", "density_weights"):
+        weights = np.asarray(cal[key])
+        assert weights.shape == (len(KEYS), rale.N_DESIGN), key
+        # the columns that grow with the quadrant's opacity never lower its measure
+        assert (weights[:, : rale.N_MONOTONE] >= 0).all(), key
 
 
-def test_extent_never_drops_with_more_opacified_area() -> None:
-    fractions = np.linspace(0.0, 1.0, 1001)
+def test_context_quadrants_are_contralateral_other_zone_and_diagonal() -> None:
+    partners = [{KEYS[q]: KEYS[p] for q, p in enumerate(rows)} for rows in rale.CONTEXT]
+    contralateral, other_zone, diagonal = partners
+    assert contralateral["right_upper"] == "left_upper" and contralateral["left_lower"] == "right_lower"
+    assert other_zone["right_upper"] == "right_lower" and other_zone["left_lower"] == "left_upper"
+    assert diagonal["right_upper"] == "left_lower" and diagonal["left_upper"] == "right_lower"
+
+
+def test_extent_never_drops_with_a_larger_measure() -> None:
+    fractions = np.linspace(0.0, 4.0, 1001)
     extents = [rale.extent_from_measure(f, rale.CALIBRATION["extent_cuts"]) for f in fractions]
     assert (np.diff(extents) >= 0).all()
     assert extents[0] == 0 and extents[-1] == 4
     assert set(extents) == {0, 1, 2, 3, 4}
 
 
-def test_density_never_drops_with_denser_opacity() -> None:
-    excess = np.linspace(0.0, 0.5, 1001)
+def test_density_never_drops_with_a_larger_measure() -> None:
+    excess = np.linspace(1.0, 3.0, 1001)
     densities = [rale.density_from_measure(e, rale.CALIBRATION["density_cuts"]) for e in excess]
     assert (np.diff(densities) >= 0).all()
     assert densities[0] == 1 and densities[-1] == 3
 
 
 def test_zero_opacity_scores_zero() -> None:
-    est = rale.rale_from_measurements(_measurements(0.0, 0.0))
-    assert est.total == 0
+    est = rale.rale_from_measurements(_measurements(0.0, 1.0))
+    assert est.total == 0 and est.score == 0.0
     assert all(r == rale.RegionScore(0, 0, 0) for r in est.regions.values())
     assert set(est.regions) == set(KEYS)
 
 
 def test_full_dense_opacity_scores_48() -> None:
-    est = rale.rale_from_measurements(_measurements(1.0, 1.0))
-    assert est.total == 48
+    est = rale.rale_from_measurements(_measurements(4.0, 3.0))
+    assert est.total == 48 and est.score == 48.0
     assert all(r == rale.RegionScore(4, 3, 12) for r in est.regions.values())
 
 
@@ -93,8 +98,8 @@ def test_rale_definition_cuts_reproduce_the_extent_bands() -> None:
 
 
 def test_density_is_zero_exactly_when_extent_is_zero() -> None:
-    for f in (0.0, 0.05, 0.2, 0.6, 1.0):
-        for e in (0.0, 0.06, 0.2):
+    for f in (-0.5, 0.0, 0.5, 1.5, 2.5, 4.0, 5.0):
+        for e in (0.0, 1.0, 2.0, 3.0, 4.0):
             for r in rale.rale_from_measurements(_measurements(f, e)).regions.values():
                 assert (r.extent == 0) == (r.density == 0)
                 assert r.score == r.extent * r.density

@@ -22,7 +22,14 @@ from tritonclient.utils import InferenceServerException
 
 import cxrmesh.export
 from cxrmesh.export import build_trt
-from cxrmesh.export.repository import CPU_PROFILE, ONNX_FILE, PYTHON_FILE, read_config, write_repository
+from cxrmesh.export.repository import (
+    CPU_PROFILE,
+    ONNX_FILE,
+    PYTHON_FILE,
+    member_weights,
+    read_config,
+    write_repository,
+)
 from cxrmesh.export.triton_launch import TritonServer, running_server, server_command
 from cxrmesh.models.spec import (
     ALL_MODELS,
@@ -196,7 +203,7 @@ def test_concurrent_requests_are_batched_and_split_back(
 
 
 @pytest.mark.slow
-def test_ensemble_is_member_mean_and_member_probs_on_request(
+def test_ensemble_is_weighted_member_mean_and_member_probs_on_request(
     client: grpcclient.InferenceServerClient, repository: Path
 ) -> None:
     spec = SEG_ENSEMBLE
@@ -211,8 +218,11 @@ def test_ensemble_is_member_mean_and_member_probs_on_request(
     assert served_stack.shape == (2, len(spec.members), *BY_NAME[spec.members[0]].outputs[0].dims)
     for k, expected in enumerate(members):
         assert np.abs(served_stack[:, k] - expected).max() <= TOLERANCE
-    assert np.abs(both.as_numpy(mean) - np.mean(members, axis=0)).max() <= TOLERANCE
-    assert np.abs(both.as_numpy(mean) - served_stack.mean(axis=1)).max() <= 1e-6
+    weights = member_weights(repository)
+    assert weights.shape == (len(spec.members),) and abs(weights.sum() - 1) < 1e-9
+    expected_mean = np.tensordot(weights, np.stack(members), axes=1)
+    assert np.abs(both.as_numpy(mean) - expected_mean).max() <= TOLERANCE
+    assert np.abs(both.as_numpy(mean) - np.tensordot(served_stack, weights, axes=([1], [0]))).max() <= 1e-6
 
     only_mean = client.infer(spec.name, _inputs(arrays), outputs=[grpcclient.InferRequestedOutput(mean)])
     assert [o.name for o in only_mean.get_response().outputs] == [mean]
@@ -309,7 +319,12 @@ def test_committed_repository_is_what_the_writer_produces(tmp_path: Path) -> Non
     """model_repository/ is generated: its configs and per-model model.py copies must not drift."""
     committed = cxrmesh.export.REPOSITORY
     regenerated = tmp_path / "repo"
-    write_repository(cxrmesh.export.onnx_dir_for_tests(tmp_path / "onnx"), regenerated)
+    params = read_config(committed / SEG_ENSEMBLE.name / "config.pbtxt").parameters
+    fitted = params["member_weights"].string_value.split(",") if "member_weights" in params else None
+    weights = dict(zip(SEG_ENSEMBLE.members, map(float, fitted), strict=True)) if fitted else None
+    write_repository(
+        cxrmesh.export.onnx_dir_for_tests(tmp_path / "onnx"), regenerated, ensemble_weights=weights
+    )
     generated = sorted(
         p.relative_to(regenerated) for p in regenerated.rglob("*") if p.suffix in {".pbtxt", ".py"}
     )

@@ -80,7 +80,8 @@ def train(
     ),
     seed: Annotated[int, typer.Option("--seed", min=0)] = 0,
     only: Annotated[
-        str, typer.Option("--only", help="Comma-separated subset of: seg, landmarks, embedder, prognosis.")
+        str,
+        typer.Option("--only", help="Comma-separated steps: seg, ensemble, landmarks, embedder, prognosis."),
     ] = "",
     seg_epochs: Annotated[int, typer.Option("--seg-epochs", min=1)] = 5,
     landmark_epochs: Annotated[int, typer.Option("--landmark-epochs", min=1)] = 8,
@@ -89,6 +90,17 @@ def train(
     seg_limit: Annotated[
         int, typer.Option("--seg-limit", min=0, help="Training images per segmentation member (0 = all).")
     ] = 800,
+    seg_seconds: Annotated[
+        float,
+        typer.Option("--seg-seconds", min=0, help="Wall-time budget per segmentation member (0 = none)."),
+    ] = 0,
+    seg_members: Annotated[
+        str, typer.Option("--seg-members", help="Comma-separated members to train (default: all five).")
+    ] = "",
+    init_weights: Annotated[
+        Path | None,
+        typer.Option("--init-weights", help="Fine-tune the segmentation members from these weights."),
+    ] = None,
     device: Annotated[
         str, typer.Option("--device", help="auto (GPU if PyTorch sees one), cpu, cuda or cuda:N.")
     ] = "auto",
@@ -104,9 +116,15 @@ def train(
     if not (corpus / "manifest.jsonl").is_file():
         _fail(f"{corpus} has no manifest.jsonl; generate one with `cxrmesh synth --out {corpus}`")
     parts = tuple(p for p in only.split(",") if p)
-    unknown = set(parts) - {"seg", "landmarks", "embedder", "prognosis"}
+    steps = ("seg", "ensemble", "landmarks", "embedder", "prognosis")
+    unknown = set(parts) - set(steps)
     if unknown:
-        _fail(f"--only: unknown step(s) {sorted(unknown)}; choose from seg, landmarks, embedder, prognosis")
+        _fail(f"--only: unknown step(s) {sorted(unknown)}; choose from {', '.join(steps)}")
+    from cxrmesh.models.spec import SEG_MEMBERS
+
+    members = tuple(m for m in seg_members.split(",") if m)
+    if set(members) - set(SEG_MEMBERS):
+        _fail(f"--seg-members: unknown {sorted(set(members) - set(SEG_MEMBERS))}; choose from {SEG_MEMBERS}")
     cfg = TrainConfig(
         corpus=corpus,
         out=out,
@@ -117,6 +135,9 @@ def train(
         embed_epochs=embed_epochs,
         embed_batch=embed_batch,
         seg_limit=seg_limit or None,
+        seg_seconds=seg_seconds or None,
+        seg_members=members,
+        init_weights=init_weights,
         device=device,
         resume=not fresh,
         only=parts,
@@ -150,6 +171,7 @@ def export_cmd(
         _fail(f"export needs the [train] extra (torch, onnx, onnxscript): {exc}")
     from cxrmesh.export.cards import all_cards
     from cxrmesh.export.repository import write_repository
+    from cxrmesh.models.spec import ENSEMBLE_WEIGHTS_FILE
 
     if not weights.is_dir():
         _fail(f"no weights directory {weights}; run `cxrmesh train` first")
@@ -158,7 +180,9 @@ def export_cmd(
         parity = export_all(weights, onnx_dir)
     except (FileNotFoundError, RuntimeError) as exc:
         _fail(str(exc))
-    names = write_repository(onnx_dir, out, cards=all_cards(run_metrics))
+    fitted = weights / ENSEMBLE_WEIGHTS_FILE
+    ensemble_weights = json.loads(fitted.read_text())["weights"] if fitted.is_file() else None
+    names = write_repository(onnx_dir, out, cards=all_cards(run_metrics), ensemble_weights=ensemble_weights)
     for p in parity:
         typer.echo(f"{p.model}: ONNX parity max |diff| {p.max_abs_diff:.2e}")
     typer.echo(f"wrote {len(names)} models to {out}")

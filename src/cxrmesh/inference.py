@@ -31,7 +31,7 @@ def input_labels(labels_512: np.ndarray) -> np.ndarray:
 @dataclass
 class Findings:
     lungs: np.ndarray  # (MODEL_INPUT, MODEL_INPUT) uint8 labels
-    probs: np.ndarray  # (3, MODEL_INPUT, MODEL_INPUT) ensemble mean
+    probs: np.ndarray  # (3, MODEL_INPUT, MODEL_INPUT) ensemble (weighted) mean
     member_probs: np.ndarray  # (5, 3, MODEL_INPUT, MODEL_INPUT)
     landmarks: np.ndarray  # (2, 2) (x, y) in MODEL_INPUT pixels
     landmark_confidence: np.ndarray
@@ -53,10 +53,13 @@ class OnnxModels:
             if not path.is_file():
                 raise FileNotFoundError(f"{path} missing: run `cxrmesh export` or check the repository path")
             self.sessions[name] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        from cxrmesh.export.repository import member_weights
+
+        self.member_weights = member_weights(Path(repository))  # what the served ensemble uses
 
     def run(self, image: np.ndarray) -> Findings:
         members = np.stack([self.sessions[m].run(["probs"], {"image": image})[0][0] for m in SEG_MEMBERS])
-        probs = members.mean(axis=0)
+        probs = np.tensordot(self.member_weights, members, axes=1).astype(np.float32)
         xy, conf = self.sessions[LANDMARKER.name].run(None, {"image": image})
         emb, att = self.sessions[EMBEDDER.name].run(None, {"image": image})
         return Findings(

@@ -1,13 +1,16 @@
 """Triton python-backend (BLS) model: the mean of several segmentation members' class probabilities.
 
-It holds no weights. For each batch it sends one BLS request per member, all in flight at once
-(``async_exec``), averages the members' probabilities and, only if the client asked for it, also
+It holds no network weights. For each batch it sends one BLS request per member, all in flight at
+once (``async_exec``), averages the members' probabilities (weighted by ``member_weights`` when the
+config gives them, else equally) and, only if the client asked for it, also
 returns the members' probabilities stacked along a new axis. The members are whatever the server
 serves under their names - ONNX Runtime models on the CPU profile, TensorRT plans on the GPU one -
 so the same file and config serve both. Tensor names come from the config parameters written by
 ``cxrmesh.export.repository`` from ``cxrmesh.models.spec``; this file states none of them:
 
 * ``members`` - comma-separated member model names;
+* ``member_weights`` - optional comma-separated non-negative weights in the same order (fitted on
+  the validation split by ``cxrmesh train``); normalised to sum to 1;
 * ``member_input`` / ``member_output`` - the members' image input and probability output;
 * ``mean_output`` / ``stack_output`` - this model's averaged and stacked outputs.
 """
@@ -37,6 +40,22 @@ def _parameter(config: dict[str, Any], key: str) -> str:
     return value
 
 
+def _weights(config: dict[str, Any], n: int) -> np.ndarray:
+    """The members' weights from the config (equal when absent), checked and normalised."""
+    raw = config.get("parameters", {}).get("member_weights", {}).get("string_value", "")
+    if not raw:
+        return np.full(n, 1.0 / n)
+    try:
+        weights = np.array([float(w) for w in raw.split(",")], dtype=np.float64)
+    except ValueError as exc:
+        raise pb_utils.TritonModelException(f"member_weights must be numbers: {raw!r}") from exc
+    if weights.shape != (n,) or (weights < 0).any() or weights.sum() <= 0:
+        raise pb_utils.TritonModelException(
+            f"member_weights must be {n} non-negative numbers with a positive sum, got {raw!r}"
+        )
+    return weights / weights.sum()
+
+
 class TritonPythonModel:
     """Averages the members; one response per request, errors in the response."""
 
@@ -49,6 +68,7 @@ class TritonPythonModel:
         self.member_output = _parameter(self.config, "member_output")
         self.mean_output = _parameter(self.config, "mean_output")
         self.stack_output = _parameter(self.config, "stack_output")
+        self.weights = _weights(self.config, len(self.members))
         self.max_batch_size = int(self.config.get("max_batch_size", 0))
         (spec,) = self.config["input"]
         self.input_name = spec["name"]
@@ -130,7 +150,8 @@ class TritonPythonModel:
             return responses
 
         stacked = np.stack(probs, axis=1)  # (batch, members, *member dims)
-        mean = stacked.mean(axis=1, dtype=np.float64).astype(self.output_dtypes[self.mean_output])
+        mean = np.tensordot(stacked, self.weights, axes=([1], [0]))  # weighted over the members
+        mean = mean.astype(self.output_dtypes[self.mean_output])
         start = 0
         for index, images, wanted in valid:
             stop = start + images.shape[0]

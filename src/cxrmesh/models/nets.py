@@ -1,9 +1,11 @@
 """The four networks (PyTorch). Imported only by training and export; services use ONNX/Triton.
 
-Every image network takes ``image`` = display values in [0, 1] at MODEL_INPUT^2 (see ``spec``),
-normalises inside the graph and works internally at half that resolution (``WORK``): on the CPUs this
-project trains on, that is the difference between minutes and hours, and lung fields, landmarks
-and opacities are large structures. Dense outputs are upsampled back to MODEL_INPUT in the graph.
+Every image network takes ``image`` = display values in [0, 1] at MODEL_INPUT^2 (see ``spec``) and
+normalises inside the graph. The embedder and the landmark detector work internally at half that
+resolution (``WORK``): on CPUs that is the difference between minutes and hours, and landmarks and
+opacities are large structures. The segmentation members work at the full MODEL_INPUT
+(``SEG_WORK``): at half resolution the lung boundary is blurred by one output pixel in every member
+alike, which caps every member near the same Dice and leaves the ensemble nothing to average out.
 """
 
 from __future__ import annotations
@@ -27,15 +29,16 @@ from cxrmesh.models.spec import (
 )
 
 WORK = MODEL_INPUT // 2
+SEG_WORK = MODEL_INPUT
 SEG_ENCODER = "tu-mobilenetv3_small_100"
 LANDMARK_ENCODER = "tu-mobilenetv3_small_100"
 EMBED_BACKBONE = "resnet10t"
 
 
-def _prepare(image: torch.Tensor) -> torch.Tensor:
-    """[0, 1] display values at MODEL_INPUT -> standardised values at WORK."""
+def _prepare(image: torch.Tensor, work: int = WORK) -> torch.Tensor:
+    """[0, 1] display values at MODEL_INPUT -> standardised values at ``work`` pixels per side."""
     x = (image - INPUT_MEAN) / INPUT_STD
-    return F.avg_pool2d(x, kernel_size=MODEL_INPUT // WORK)
+    return x if work == MODEL_INPUT else F.avg_pool2d(x, kernel_size=MODEL_INPUT // work)
 
 
 class Embedder(nn.Module):
@@ -89,11 +92,13 @@ class Segmenter(nn.Module):
         self.net = _seg_arch(name)
 
     def logits(self, image: torch.Tensor) -> torch.Tensor:
-        """Logits at WORK resolution (what training optimises)."""
-        return self.net(_prepare(image))
+        """Logits at SEG_WORK resolution (what training optimises)."""
+        return self.net(_prepare(image, SEG_WORK))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        logits = F.interpolate(self.logits(image), size=MODEL_INPUT, mode="bilinear", align_corners=False)
+        logits = self.logits(image)
+        if SEG_WORK != MODEL_INPUT:
+            logits = F.interpolate(logits, size=MODEL_INPUT, mode="bilinear", align_corners=False)
         return torch.softmax(logits, dim=1)
 
 

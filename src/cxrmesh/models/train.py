@@ -32,8 +32,8 @@ from tqdm import tqdm
 
 from cxrmesh.contract import MODEL_SIZE
 from cxrmesh.inference import input_labels, model_input
-from cxrmesh.models.nets import WORK, Embedder, Landmarker, PrognosisHead, Segmenter, soft_argmax
-from cxrmesh.models.spec import CLINICAL_FEATURES, EMBED_DIM, MODEL_INPUT, SEG_MEMBERS
+from cxrmesh.models.nets import SEG_WORK, WORK, Embedder, Landmarker, PrognosisHead, Segmenter, soft_argmax
+from cxrmesh.models.spec import CLINICAL_FEATURES, EMBED_DIM, ENSEMBLE_WEIGHTS_FILE, MODEL_INPUT, SEG_MEMBERS
 from cxrmesh.quantify import lung_dice, region_table, region_vector
 from cxrmesh.synth.corpus import manifest_clinical, read_manifest, read_training_copy
 
@@ -105,8 +105,13 @@ def _run(
     weights_dir: Path,
     lr: float,
     resume: bool,
+    budget_s: float | None = None,
 ) -> torch.nn.Module:
-    """Epoch loop with an AdamW + cosine schedule and a checkpoint after every epoch."""
+    """Epoch loop with an AdamW + cosine schedule and a checkpoint after every epoch.
+
+    ``budget_s`` caps the wall time: after the first epoch the epoch count is cut to what fits and
+    the cosine schedule is stretched over that count, so a time-boxed run still anneals fully.
+    """
     run = run_dir / name
     run.mkdir(parents=True, exist_ok=True)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
@@ -124,7 +129,9 @@ def _run(
         start = state["epoch"] + 1
     history = []
     began = time.monotonic()
-    for epoch in range(start, epochs):
+    epoch = start
+    while epoch < epochs:  # (not a range: a time budget may lower ``epochs`` on the way)
+        epoch_began = time.monotonic()
         model.train()
         losses = []
         bar = tqdm(steps(epoch), desc=f"{name} {epoch + 1}/{epochs}", unit="batch", disable=None, leave=False)
@@ -134,6 +141,15 @@ def _run(
             opt.step()
             losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+        if budget_s:
+            # judged on the latest epoch, not the first: that one also pays for CUDA/cuDNN start-up
+            now = time.monotonic()
+            left = budget_s - (now - began)
+            fits = epoch + 1 + max(0, int(left / max(now - epoch_began, 1e-6)))
+            if fits < epochs:
+                log.info("%s: %d epochs fit in %.0f s (of %d asked)", name, fits, budget_s, epochs)
+                epochs = fits
+                sched.T_max = max(1, epochs)
         sched.step()
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else math.nan})
         torch.save(
@@ -150,6 +166,7 @@ def _run(
         )
         with open(run / "history.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(history[-1]) + "\n")
+        epoch += 1
     log.info("%s: epochs %d-%d in %.0f s", name, start + 1, epochs, time.monotonic() - began)
     weights_dir.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, weights_dir / f"{name}.pt")
@@ -169,9 +186,11 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def _batches(idx: np.ndarray, batch: int, shuffle: bool = True) -> Iterable[np.ndarray]:
+    """Shuffled training batches; a last batch of one is dropped (batch norm cannot train on it)."""
     order = np.random.permutation(idx) if shuffle else idx
     for i in range(0, len(order), batch):
-        yield order[i : i + batch]
+        if len(order) - i > 1 or i == 0:
+            yield order[i : i + batch]
 
 
 def _augment(images: torch.Tensor) -> torch.Tensor:
@@ -211,14 +230,21 @@ def train_segmenter(
     resume: bool,
     limit: int | None,
     device: torch.device = CPU,
+    budget_s: float | None = None,
+    init: Path | None = None,
 ) -> Segmenter:
+    """One ensemble member; ``init`` = a weights directory to fine-tune from (own data, new resolution)."""
     from segmentation_models_pytorch.losses import DiceLoss
 
     assert data.lungs is not None, "segmentation needs lung masks (paths.lungs)"
-    model = Segmenter(name).to(device)
+    model = Segmenter(name)
+    if init is not None and (init / f"{name}.pt").is_file():
+        model.load_state_dict(torch.load(init / f"{name}.pt", map_location="cpu", weights_only=True))
+        log.info("%s: fine-tuning from %s", name, init / f"{name}.pt")
+    model = model.to(device)
     dice = DiceLoss(mode="multiclass")
     train_idx = data.index("train")[:limit]
-    f = MODEL_INPUT // WORK
+    f = MODEL_INPUT // SEG_WORK
 
     def steps(epoch: int) -> Iterable[torch.Tensor]:
         for b in _batches(train_idx, 16):
@@ -227,12 +253,34 @@ def train_segmenter(
             logits = model.logits(x)
             yield F.cross_entropy(logits, y) + dice(logits, y)
 
-    return _run(name, model, epochs, steps, run_dir, weights_dir, 3e-3, resume)
+    return _run(name, model, epochs, steps, run_dir, weights_dir, 3e-3, resume, budget_s)
 
 
 def dice_scores(probs: torch.Tensor, truth: torch.Tensor) -> np.ndarray:
     """Mean of right- and left-lung Dice per image (argmax of the probabilities)."""
     return lung_dice(probs.argmax(dim=1).numpy(), truth.numpy())
+
+
+def select_ensemble_weights(
+    member_probs: dict[str, torch.Tensor], truth: torch.Tensor, rounds: int = 20
+) -> dict[str, float]:
+    """Member weights for the ensemble mean by greedy forward selection with replacement.
+
+    Caruana et al. (ICML 2004): start from the best member, then ``rounds`` times add (again, if it
+    helps most) the member whose inclusion gives the highest mean Dice on ``truth``; a member's
+    weight is the share of picks it got. Fit on the validation split, never on test. Plain
+    averaging weighs a weak member like a strong one; this keeps every member that helps.
+    """
+    names = list(member_probs)
+    total = torch.zeros_like(member_probs[names[0]], dtype=torch.float32)
+    counts = dict.fromkeys(names, 0)
+    for _ in range(rounds):
+        n = sum(counts.values()) + 1
+        scores = {m: float(dice_scores((total + member_probs[m].float()) / n, truth).mean()) for m in names}
+        best = max(names, key=lambda m: (scores[m], -names.index(m)))
+        counts[best] += 1
+        total += member_probs[best].float()
+    return {m: counts[m] / rounds for m in names}
 
 
 @torch.no_grad()
@@ -460,12 +508,15 @@ class TrainConfig:
     seed: int = 0
     seg_epochs: int = 5
     seg_limit: int | None = 800  # None = every training image
+    seg_seconds: float | None = None  # wall-time budget per segmentation member
     landmark_epochs: int = 8
     embed_epochs: int = 40
     embed_aux_weight: float = 1.0
     embed_batch: int = 30
     resume: bool = True
     only: tuple[str, ...] = ()
+    seg_members: tuple[str, ...] = ()  # subset of SEG_MEMBERS to train (empty = all)
+    init_weights: Path | None = None  # segmentation members start from these weights when present
     device: str = "auto"
 
 
@@ -485,6 +536,33 @@ def load_weights(name: str, weights_dir: Path, device: torch.device = CPU) -> to
     return model.to(device).eval()
 
 
+def fit_ensemble(data: Data, weights_dir: Path, device: torch.device = CPU) -> dict[str, float]:
+    """Fit the members' weights on the validation split and write them beside the weights."""
+    assert data.lungs is not None, "fitting the ensemble needs lung masks (paths.lungs)"
+    va = data.index("val")
+    probs = {m: predict(load_weights(m, weights_dir, device), data.images[va]).half() for m in SEG_MEMBERS}
+    weights = select_ensemble_weights(probs, data.lungs[va])
+    mean = sum(w * probs[m].float() for m, w in weights.items())
+    record = {
+        "weights": weights,
+        "fitted_on": f"val split, {len(va)} studies",
+        "method": "greedy forward selection with replacement (Caruana et al. 2004), 20 rounds",
+        "val_dice": {m: float(dice_scores(p.float(), data.lungs[va]).mean()) for m, p in probs.items()},
+        "val_dice_ensemble": float(dice_scores(mean, data.lungs[va]).mean()),
+    }
+    (weights_dir / ENSEMBLE_WEIGHTS_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    log.info("ensemble weights %s (val Dice %.4f)", weights, record["val_dice_ensemble"])
+    return weights
+
+
+def ensemble_weights(weights_dir: Path) -> dict[str, float]:
+    """The fitted member weights, or equal weights when none were fitted."""
+    path = weights_dir / ENSEMBLE_WEIGHTS_FILE
+    if path.is_file():
+        return json.loads(path.read_text())["weights"]
+    return dict.fromkeys(SEG_MEMBERS, 1.0 / len(SEG_MEMBERS))
+
+
 def evaluate(data: Data, weights_dir: Path, device: torch.device = CPU) -> dict[str, Any]:
     """Test-split metrics of every model present in ``weights_dir``."""
     te = data.index("test")
@@ -492,14 +570,19 @@ def evaluate(data: Data, weights_dir: Path, device: torch.device = CPU) -> dict[
     metrics: dict[str, Any] = {"test_studies": len(te)}
     truth = data.lungs[te] if data.lungs is not None else None
     if truth is not None and all((weights_dir / f"{m}.pt").exists() for m in SEG_MEMBERS):
-        total = None
+        weights = ensemble_weights(weights_dir)
+        total = torch.zeros(0)
+        plain = torch.zeros(0)
         members = {}
         for name in SEG_MEMBERS:
             probs = predict(load_weights(name, weights_dir, device), data.images[te])
             members[name] = float(dice_scores(probs, truth).mean())
-            total = probs if total is None else total + probs
+            total = weights[name] * probs + (total if total.numel() else 0)
+            plain = probs + (plain if plain.numel() else 0)
         metrics["dice_members"] = members
-        metrics["dice_ensemble"] = float(dice_scores(total / len(SEG_MEMBERS), truth).mean())
+        metrics["ensemble_weights"] = weights
+        metrics["dice_ensemble"] = float(dice_scores(total / sum(weights.values()), truth).mean())
+        metrics["dice_ensemble_unweighted"] = float(dice_scores(plain / len(SEG_MEMBERS), truth).mean())
     if data.landmarks is not None and (weights_dir / "cxr_landmarks.pt").exists():
         xy, _ = predict(load_weights("cxr_landmarks", weights_dir, device), data.images[te])
         err_px = (xy - data.landmarks[te]).norm(dim=-1).numpy()
@@ -525,6 +608,8 @@ def train_all(cfg: TrainConfig) -> dict[str, Any]:
     _seed(cfg.seed)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     data = load_data(cfg.corpus)
+    # "ensemble" (member weights fitted on val) is opt-in: it optimises in-distribution only, and on
+    # the one real radiograph here it handed the lungs to the member that swapped their sides
     todo = set(cfg.only) or {"seg", "landmarks", "embedder", "prognosis"}
     if "embedder" in todo:
         _seed(cfg.seed + 20)
@@ -543,10 +628,27 @@ def train_all(cfg: TrainConfig) -> dict[str, Any]:
         train_landmarker(data, cfg.landmark_epochs, cfg.out, cfg.weights, cfg.resume, device)
     if "seg" in todo:
         for i, name in enumerate(SEG_MEMBERS):
+            if cfg.seg_members and name not in cfg.seg_members:
+                continue
             _seed(cfg.seed + i)
             train_segmenter(
-                name, data, cfg.seg_epochs, cfg.out, cfg.weights, cfg.resume, cfg.seg_limit, device
+                name,
+                data,
+                cfg.seg_epochs,
+                cfg.out,
+                cfg.weights,
+                cfg.resume,
+                cfg.seg_limit,
+                device,
+                cfg.seg_seconds,
+                cfg.init_weights,
             )
+    if (
+        "ensemble" in todo
+        and data.lungs is not None
+        and all((cfg.weights / f"{m}.pt").exists() for m in SEG_MEMBERS)
+    ):
+        fit_ensemble(data, cfg.weights, device)
     metrics = evaluate(data, cfg.weights, device)
     if "prognosis" in todo and (cfg.weights / "cxr_embedder.pt").exists():
         _, prog = train_prognosis(data, load_weights("cxr_embedder", cfg.weights, device), cfg.weights)

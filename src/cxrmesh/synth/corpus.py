@@ -41,6 +41,7 @@ from cxrmesh.synth import clinical
 from cxrmesh.synth.anatomy import PatientAnatomy, StudyPose, lung_geometry, sample_anatomy, sample_pose
 from cxrmesh.synth.atlas import load_atlas
 from cxrmesh.synth.disease import (
+    RESOLVED_SEVERITY,
     Rale,
     conform_opacity,
     opacity_fractions,
@@ -51,7 +52,7 @@ from cxrmesh.synth.disease import (
 from cxrmesh.synth.render import WORK_LONG_SIDE, Detector, sample_detector
 from cxrmesh.synth.sites import SITE_BY_NAME, SITES, Site
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"  # 2: resolved patients are not imaged again
 SPLITS = (("train", 0.70), ("val", 0.85), ("test", 1.0))
 EPOCH = datetime(2020, 3, 2, 7, 0, 0)  # first admission day of the synthetic cohort
 SITE_WEIGHTS = (0.36, 0.34, 0.30)
@@ -125,6 +126,10 @@ def plan_patient(seed: int, index: int) -> PatientPlan:
     drafts = []
     for k, h in enumerate(hours):
         sev = float(np.clip(s0 + slope * h / 24.0, 0.0, 1.0))
+        if diagnosis != "normal" and sev <= RESOLVED_SEVERITY:
+            if k:
+                break  # opacities cleared: a resolved patient is not imaged again
+            sev = RESOLVED_SEVERITY + 0.01  # an admission film of a sick patient shows the disease
         rale = sample_rale(rng, diagnosis, sev, focus)
         total = rale_total(rale)
         rec = clinical.sample_clinical(rng, demo, diagnosis, total, onset + h / 24.0)
@@ -132,7 +137,7 @@ def plan_patient(seed: int, index: int) -> PatientPlan:
         p_ap = float(np.clip(site.ap_fraction + 0.5 * sev, 0.0, 0.95))
         view = "AP" if rng.random() < p_ap else "PA"
         drafts.append((k, h, sev, rale, rec, p, view))
-    draw = clinical.assign_outcomes(rng, hours, [d[5] for d in drafts])
+    draw = clinical.assign_outcomes(rng, hours[: len(drafts)], [d[5] for d in drafts])
     studies = []
     for (k, h, sev, rale, rec, _p, view), label in zip(
         drafts[: draw.n_studies_kept], draw.labels, strict=True

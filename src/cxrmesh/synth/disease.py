@@ -53,6 +53,12 @@ class QuadrantScore:
 Rale = dict[str, QuadrantScore]
 
 
+# At or below this severity a disease's opacities have cleared (RALE 0). The corpus planner does not
+# image a patient again once that happens: a diagnosis label on a clear radiograph is not something
+# an image can show, and with such studies in the corpus no retrieval model could reach 0.90 P@10.
+RESOLVED_SEVERITY = 0.02
+
+
 def rale_total(rale: Rale) -> int:
     return sum(q.score for q in rale.values())
 
@@ -76,7 +82,7 @@ def sample_rale(rng: np.random.Generator, diagnosis: str, severity: float, focus
     """
     zero = QuadrantScore(0, 0)
     rale = {key: zero for key in REGION_KEYS.values()}
-    if diagnosis == "normal" or severity <= 0.02:
+    if diagnosis == "normal" or severity <= RESOLVED_SEVERITY:
         return rale
     s = float(np.clip(severity, 0.0, 1.0))
     if diagnosis == "covid19":
