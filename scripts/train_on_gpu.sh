@@ -11,7 +11,7 @@ N=${2:-3000}; SEG=${3:-12}; LM=${4:-20}; EMB=${5:-100}
 WORK=${WORK:-/tmp/cxrmesh-gpu}
 TRAIN_TIMEOUT=${TRAIN_TIMEOUT:-420}
 DEVICE=${DEVICE:-cuda}
-ONLY=${ONLY:-}               # e.g. "embedder,seg": a subset of seg, landmarks, embedder, prognosis
+ONLY=${ONLY:-}               # e.g. "embedder,seg": a subset of seg, ensemble, landmarks, embedder, prognosis
 SEG_SECONDS=${SEG_SECONDS:-0}  # wall-time budget per segmentation member (0 = none)
 SEG_MEMBERS=${SEG_MEMBERS:-}   # e.g. "lung_seg_fpn,lung_seg_linknet" (empty = all five)
 mkdir -p "$OUT" "$WORK"

@@ -10,7 +10,7 @@ so the same file and config serve both. Tensor names come from the config parame
 
 * ``members`` - comma-separated member model names;
 * ``member_weights`` - optional comma-separated non-negative weights in the same order (fitted on
-  the validation split by ``cxrmesh train``); normalised to sum to 1;
+  the validation split by ``cxrmesh train --only ensemble``); normalised to sum to 1;
 * ``member_input`` / ``member_output`` - the members' image input and probability output;
 * ``mean_output`` / ``stack_output`` - this model's averaged and stacked outputs.
 """

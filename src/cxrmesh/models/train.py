@@ -109,8 +109,8 @@ def _run(
 ) -> torch.nn.Module:
     """Epoch loop with an AdamW + cosine schedule and a checkpoint after every epoch.
 
-    ``budget_s`` caps the wall time: after the first epoch the epoch count is cut to what fits and
-    the cosine schedule is stretched over that count, so a time-boxed run still anneals fully.
+    ``budget_s`` caps the wall time: after each epoch the epoch count is cut to what still fits at
+    that epoch's pace and the cosine schedule is re-aimed at it, so a time-boxed run still anneals.
     """
     run = run_dir / name
     run.mkdir(parents=True, exist_ok=True)
@@ -571,17 +571,16 @@ def evaluate(data: Data, weights_dir: Path, device: torch.device = CPU) -> dict[
     truth = data.lungs[te] if data.lungs is not None else None
     if truth is not None and all((weights_dir / f"{m}.pt").exists() for m in SEG_MEMBERS):
         weights = ensemble_weights(weights_dir)
-        total = torch.zeros(0)
-        plain = torch.zeros(0)
+        weighted, plain = torch.zeros(()), torch.zeros(())  # running sums (broadcast on first add)
         members = {}
         for name in SEG_MEMBERS:
             probs = predict(load_weights(name, weights_dir, device), data.images[te])
             members[name] = float(dice_scores(probs, truth).mean())
-            total = weights[name] * probs + (total if total.numel() else 0)
-            plain = probs + (plain if plain.numel() else 0)
+            weighted = weighted + weights[name] * probs
+            plain = plain + probs
         metrics["dice_members"] = members
         metrics["ensemble_weights"] = weights
-        metrics["dice_ensemble"] = float(dice_scores(total / sum(weights.values()), truth).mean())
+        metrics["dice_ensemble"] = float(dice_scores(weighted / sum(weights.values()), truth).mean())
         metrics["dice_ensemble_unweighted"] = float(dice_scores(plain / len(SEG_MEMBERS), truth).mean())
     if data.landmarks is not None and (weights_dir / "cxr_landmarks.pt").exists():
         xy, _ = predict(load_weights("cxr_landmarks", weights_dir, device), data.images[te])
