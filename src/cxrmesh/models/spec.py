@@ -97,10 +97,11 @@ SEG_ENSEMBLE = ModelSpec(
         SEG_PROBS,
         Tensor("member_probs", "TYPE_FP32", (len(SEG_MEMBERS), len(SEG_CLASSES), MODEL_INPUT, MODEL_INPUT)),
     ),
-    "Weighted mean of the five members' class probabilities; each member's on request (member_probs).",
+    "Mean of the five members' class probabilities (weighted when the config sets member_weights); "
+    "each member's on request (member_probs).",
     members=SEG_MEMBERS,
 )
-# The ensemble's member weights, fitted on the validation split by ``cxrmesh train`` and written
+# The ensemble's member weights, fitted on the validation split by ``cxrmesh train --only ensemble``, written
 # into the ensemble's config by ``cxrmesh export`` (JSON: {"weights": {member: weight}, ...}).
 ENSEMBLE_WEIGHTS_FILE = "lung_seg_ensemble.json"
 LANDMARKER = ModelSpec(
