@@ -12,6 +12,7 @@ import re
 import time
 import urllib.request
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import grpc
@@ -396,7 +397,21 @@ def test_no_phi_in_kafka_milvus_logs_or_metrics(mesh: Running, corpus: Path) -> 
         rows = client.query("cxr_cases", filter='study_key != ""', output_fields=["*"], limit=1000)
     finally:
         client.close()
-    milvus_text = repr([{k: v for k, v in r.items() if k != "embedding"} for r in rows])
+    # study_day (yyyymmdd of the shifted date) is checked per study below, not as a token: with a
+    # fresh pseudonym key per run a shifted date can equal another patient's real date (not a leak)
+    milvus_text = repr([{k: v for k, v in r.items() if k not in ("embedding", "study_day")} for r in rows])
+    real_day = {}
+    for name, key in mesh.keys.items():
+        path = Path(name) if Path(name).is_file() else Path(get_testdata_file(name))
+        real = str(pydicom.dcmread(path, stop_before_pixels=True).get("StudyDate", ""))
+        if real:
+            real_day[key] = datetime.strptime(real, "%Y%m%d").date()
+    dated = [r for r in rows if r["study_key"] in real_day and r["study_day"]]
+    assert len(dated) >= len(rows) // 2, "too few stored study dates to check the shift"
+    for r in dated:
+        stored = datetime.strptime(str(r["study_day"]), "%Y%m%d").date()
+        shift = real_day[r["study_key"]] - stored
+        assert shift.days >= 364 and shift.days % 7 == 0, "a study's date was stored unshifted"
     logs = "".join(Path(p.log).read_text(errors="replace") for p in mesh.state.procs if p.kind == "service")
     scraped = "".join(
         urllib.request.urlopen(p.metrics, timeout=5).read().decode()
