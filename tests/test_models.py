@@ -14,12 +14,15 @@ from cxrmesh.models import nets
 from cxrmesh.models.spec import BY_NAME, EMBED_DIM, MODEL_INPUT
 from cxrmesh.models.train import (
     TrainConfig,
+    _augment_seg,
     auc,
+    autocast,
     dice_scores,
     load_data,
     retrieval_metrics,
     select_ensemble_weights,
     train_all,
+    train_segmenter,
 )
 from cxrmesh.quantify import region_table, region_vector
 from cxrmesh.synth.corpus import generate
@@ -166,3 +169,75 @@ def test_ensemble_selection_keeps_members_that_help_and_drops_harm() -> None:
     assert abs(sum(weights.values()) - 1) < 1e-9
     mixed = dice_scores(weights["a"] * a + weights["b"] * b, truth).mean()
     assert mixed > max(dice_scores(a, truth).mean(), dice_scores(b, truth).mean())
+
+
+def _two_lungs(n: int, size: int = 64) -> torch.Tensor:
+    """Label maps with a narrow right lung on the image's left and a wide left lung on its right."""
+    labels = torch.zeros(n, size, size, dtype=torch.uint8)
+    labels[:, 12:52, 10:18] = 1
+    labels[:, 12:52, 34:58] = 2
+    return labels
+
+
+def test_segmentation_augmentation_keeps_labels_with_the_image_and_sides_by_position() -> None:
+    torch.manual_seed(0)
+    labels = _two_lungs(64)
+    images = (labels > 0).float()[:, None]  # lungs bright, so image and labels must stay aligned
+    x, y = _augment_seg(images, labels)
+    assert x.shape == images.shape and y.shape == labels.shape and y.dtype == torch.long
+    assert float(x.min()) >= 0 and float(x.max()) <= 1
+    assert set(torch.unique(y).tolist()) <= {0, 1, 2}
+    cols = torch.arange(labels.shape[-1], dtype=torch.float32)
+    for img, lab in zip(x[:, 0], y, strict=True):
+        right, left = (lab == 1).float(), (lab == 2).float()
+        # the right-lung label is always the lung on the image's left, mirrored or not
+        assert (right * cols).sum() / right.sum() < (left * cols).sum() / left.sum()
+        # the image moved with its labels: labelled pixels are the bright ones
+        assert img[lab > 0].mean() > img[lab == 0].mean() + 0.2
+    assert not torch.equal(x, images)  # it does augment
+    # about half the films are mirrored: then the wide lung is on the left and labelled right
+    mirrored = float(((y == 1).sum(dim=(1, 2)) > (y == 2).sum(dim=(1, 2))).float().mean())
+    assert 0.25 < mirrored < 0.75
+
+
+def test_precision_choice_is_checked_and_bf16_can_be_switched_off() -> None:
+    assert not autocast(torch.device("cpu"), "fp32")._enabled
+    assert autocast(torch.device("cpu"), "bf16")._enabled
+    with pytest.raises(ValueError, match="precision"):
+        autocast(torch.device("cpu"), "fp8")
+
+
+def test_a_segmentation_member_trains_and_its_weights_load_contiguous(
+    tmp_path: Path, tiny_corpus: Path
+) -> None:
+    data = load_data(tiny_corpus)
+    model = train_segmenter(
+        "lung_seg_fpn", data, 1, tmp_path / "runs", tmp_path / "w", False, 4, precision="bf16"
+    )
+    assert (tmp_path / "runs" / "lung_seg_fpn" / "history.jsonl").read_text().count("epoch") == 1
+    state = torch.load(tmp_path / "w" / "lung_seg_fpn.pt", weights_only=True)
+    fresh = nets.Segmenter("lung_seg_fpn")
+    fresh.load_state_dict(state)
+    probs = fresh.eval()(data.images[:2].float())
+    assert probs.shape == (2, 3, MODEL_INPUT, MODEL_INPUT)
+    assert torch.allclose(probs.sum(dim=1), torch.ones(2, MODEL_INPUT, MODEL_INPUT), atol=1e-5)
+    assert model.training is False
+
+
+def test_a_member_without_the_coordinate_channel_loads_unchanged() -> None:
+    """Fine-tuning weights from before the coordinate channel starts from the same function."""
+    import segmentation_models_pytorch as smp
+
+    torch.manual_seed(0)
+    old = smp.Linknet(encoder_name=nets.SEG_ENCODER, encoder_weights=None, in_channels=1, classes=3).eval()
+    member = nets.Segmenter("lung_seg_linknet").eval()
+    member.load_earlier_weights({f"net.{k}": v for k, v in old.state_dict().items()})
+    image = torch.rand(2, 1, MODEL_INPUT, MODEL_INPUT)
+    with torch.no_grad():
+        before = torch.softmax(old(nets._prepare(image, nets.SEG_WORK)), dim=1)
+        after = member(image)
+    assert torch.allclose(before, after, atol=1e-6)
+    # and the coordinate is used once trained: a non-zero kernel changes the output
+    with torch.no_grad():
+        member.net.encoder.model.conv_stem.weight[:, 1] += 0.5
+        assert not torch.allclose(member(image), after, atol=1e-3)

@@ -65,6 +65,9 @@ def test_landmark_plausibility() -> None:
     assert "left hilum lies outside the lungs' vertical extent" in landmark_problems(
         lungs, (60.0, 3.0), (72.0, 95.0)
     )
+    swapped = np.where(lungs == Lung.RIGHT, Lung.LEFT, np.where(lungs == Lung.LEFT, Lung.RIGHT, 0))
+    problems = landmark_problems(swapped.astype(np.uint8), (60.0, 30.0), (72.0, 40.0))
+    assert any(p.startswith("lung labels on the wrong side of the carina (100%") for p in problems)
     assert landmark_problems(np.zeros((10, 10), np.uint8), (1, 1), (2, 2)) == [
         "lung map lacks a right or a left lung"
     ]

@@ -101,6 +101,15 @@ def train(
         Path | None,
         typer.Option("--init-weights", help="Fine-tune the segmentation members from these weights."),
     ] = None,
+    seg_lr: Annotated[
+        float, typer.Option("--seg-lr", min=0, help="Peak learning rate of the segmentation members.")
+    ] = 3e-3,
+    precision: Annotated[
+        str,
+        typer.Option(
+            "--precision", help="Segmentation forward pass: auto (bf16 where the CPU/GPU has it), bf16, fp32."
+        ),
+    ] = "auto",
     device: Annotated[
         str, typer.Option("--device", help="auto (GPU if PyTorch sees one), cpu, cuda or cuda:N.")
     ] = "auto",
@@ -125,6 +134,8 @@ def train(
     members = tuple(m for m in seg_members.split(",") if m)
     if set(members) - set(SEG_MEMBERS):
         _fail(f"--seg-members: unknown {sorted(set(members) - set(SEG_MEMBERS))}; choose from {SEG_MEMBERS}")
+    if precision not in ("auto", "bf16", "fp32"):
+        _fail(f"--precision {precision!r}: choose auto, bf16 or fp32")
     cfg = TrainConfig(
         corpus=corpus,
         out=out,
@@ -138,6 +149,8 @@ def train(
         seg_seconds=seg_seconds or None,
         seg_members=members,
         init_weights=init_weights,
+        seg_lr=seg_lr,
+        precision=precision,
         device=device,
         resume=not fresh,
         only=parts,

@@ -13,7 +13,9 @@ Kim et al. (Diagnostics 2022;12:101, arXiv:2009.12610) automate this with a dete
 and the left hilum; the left hilum is where the left main bronchus gives off its first (upper lobe)
 branch, so the horizontal line through it is RALE's horizontal axis. The carina is not needed for
 the split itself; it is used to check that a landmark pair is anatomically plausible (the carina
-lies between the lungs, above the left hilum, and medial to it).
+lies between the lungs, above the left hilum, and medial to it) and that the lung labels are on
+their own side of it (a segmentation that swaps left and right would otherwise swap the quadrants
+silently).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from __future__ import annotations
 from enum import IntEnum
 
 import numpy as np
+
+WRONG_SIDE_LIMIT = 0.10  # share of lung pixels on the other lung's side of the carina that is flagged
 
 
 class Lung(IntEnum):
@@ -92,4 +96,7 @@ def landmark_problems(
     bottom = max(ys.max(), yl.max())
     if not top < hy < bottom:
         problems.append("left hilum lies outside the lungs' vertical extent")
+    wrong = int((xs > cx).sum() + (xl < cx).sum()) / (xs.size + xl.size)
+    if wrong > WRONG_SIDE_LIMIT:
+        problems.append(f"lung labels on the wrong side of the carina ({wrong:.0%} of lung pixels)")
     return problems

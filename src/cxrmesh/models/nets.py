@@ -70,7 +70,7 @@ class Embedder(nn.Module):
 
 
 def _seg_arch(name: str) -> nn.Module:
-    kw = {"encoder_name": SEG_ENCODER, "encoder_weights": None, "in_channels": 1, "classes": len(SEG_CLASSES)}
+    kw = {"encoder_name": SEG_ENCODER, "encoder_weights": None, "in_channels": 2, "classes": len(SEG_CLASSES)}
     small = (64, 32, 24, 16, 8)
     return {
         "lung_seg_unet": lambda: smp.Unet(decoder_channels=small, **kw),
@@ -82,7 +82,14 @@ def _seg_arch(name: str) -> nn.Module:
 
 
 class Segmenter(nn.Module):
-    """One ensemble member: image -> per-pixel class probabilities (background, right, left lung)."""
+    """One ensemble member: image -> per-pixel class probabilities (background, right, left lung).
+
+    The network sees a second input channel, the horizontal image coordinate (-1 left .. 1 right),
+    made inside the graph (CoordConv, Liu et al. 2018). Which lung is which is a matter of position
+    in a radiograph displayed in standard orientation; without the coordinate a network has to
+    infer it from texture and padding, and members trained on synthetic films labelled the lungs
+    of the real test radiograph on the wrong sides, differently from one training run to the next.
+    """
 
     def __init__(self, name: str):
         super().__init__()
@@ -90,10 +97,27 @@ class Segmenter(nn.Module):
             raise ValueError(f"unknown segmentation member {name!r}; expected one of {SEG_MEMBERS}")
         self.name = name
         self.net = _seg_arch(name)
+        ramp = torch.linspace(-1.0, 1.0, SEG_WORK).reshape(1, 1, 1, SEG_WORK).expand(1, 1, SEG_WORK, SEG_WORK)
+        self.register_buffer("xcoord", ramp.contiguous(), persistent=False)
 
     def logits(self, image: torch.Tensor) -> torch.Tensor:
         """Logits at SEG_WORK resolution (what training optimises)."""
-        return self.net(_prepare(image, SEG_WORK))
+        x = _prepare(image, SEG_WORK)
+        return self.net(torch.cat([x, self.xcoord.expand(x.shape[0], -1, -1, -1).to(x.dtype)], dim=1))
+
+    def load_earlier_weights(self, state: dict[str, torch.Tensor]) -> None:
+        """Load weights of a member trained without the coordinate channel (to fine-tune them).
+
+        The first convolution gets a zero kernel for the new channel, so the loaded member computes
+        exactly what it did before and learns to use the coordinate from there. Current weights
+        load unchanged.
+        """
+        own = self.state_dict()
+        state = dict(state)
+        for key, value in state.items():
+            if key in own and value.ndim == 4 and value.shape[1] == 1 and own[key].shape[1] == 2:
+                state[key] = torch.cat([value, torch.zeros_like(value)], dim=1)
+        self.load_state_dict(state)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         logits = self.logits(image)

@@ -201,21 +201,75 @@ def _augment(images: torch.Tensor) -> torch.Tensor:
     return (images.clamp(0, 1) ** gamma * gain).clamp(0, 1)
 
 
+def _affine(
+    n: int, dev: torch.device, degrees: float, scale: tuple[float, float], shift: float
+) -> torch.Tensor:
+    """Random affine ``theta`` per image for ``affine_grid``: rotation, zoom (>1 = in) and shift."""
+    ang = (torch.rand(n, device=dev) - 0.5) * math.radians(degrees)
+    zoom = scale[0] + torch.rand(n, device=dev) * (scale[1] - scale[0])
+    move = (torch.rand(n, 2, device=dev) - 0.5) * shift
+    cos, sin = torch.cos(ang) / zoom, torch.sin(ang) / zoom
+    rows = [torch.stack([cos, -sin, move[:, 0]], 1), torch.stack([sin, cos, move[:, 1]], 1)]
+    return torch.stack(rows, 1)
+
+
+def _resample(images: torch.Tensor, theta: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode=mode, padding_mode="zeros", align_corners=False)
+
+
 def _warp(images: torch.Tensor) -> torch.Tensor:
     """Small random affine (scale, rotation, shift) for label-free training (the embedder).
 
     Positioning varies between acquisitions; without this the embedder memorises where each
     training image sits in the frame instead of what its lungs look like.
     """
+    return _resample(images, _affine(images.shape[0], images.device, 10, (0.92, 1.08), 0.1))
+
+
+_SWAP_SIDES = torch.tensor([0, 2, 1])  # background, right, left -> background, left, right
+
+
+def _augment_seg(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Joint geometric and stronger exposure jitter for the segmentation members.
+
+    Synthetic films show the whole torso on black; real ones are often collimated tighter (the
+    body fills the frame) and washed out (lifted blacks). Labels move with the image (nearest
+    neighbour); a third of the batch stays unwarped so the synthetic geometry is kept.
+
+    Half the films are mirrored with the labels re-assigned by position: in a film displayed in
+    standard orientation the patient's right lung is the one on the image's left, whatever its
+    texture or the heart's shadow. Members trained without this learnt side from such cues, which
+    did not carry over to real film (the real test radiograph came out with swapped sides, a coin
+    toss from one training run to the next); with it, and the coordinate channel the members get
+    (``nets.Segmenter``), side is learnt from position.
+    """
     n, dev = images.shape[0], images.device
-    ang = (torch.rand(n, device=dev) - 0.5) * math.radians(10)
-    scale = 1.0 + (torch.rand(n, device=dev) - 0.5) * 0.16
-    shift = (torch.rand(n, 2, device=dev) - 0.5) * 0.1
-    cos, sin = torch.cos(ang) / scale, torch.sin(ang) / scale
-    rows = [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)]
-    theta = torch.stack(rows, 1)
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    theta = _affine(n, dev, 12, (0.95, 1.35), 0.12)
+    keep = torch.rand(n, device=dev) < 1 / 3
+    theta[keep] = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], device=dev)
+    x = _resample(_augment(images), theta)
+    y = _resample(labels[:, None].float(), theta, mode="nearest")[:, 0].long()
+    mirror = torch.rand(n, device=dev) < 0.5
+    x[mirror] = x[mirror].flip(-1)
+    y[mirror] = _SWAP_SIDES.to(dev)[y[mirror].flip(-1)]
+    lift = torch.rand(n, 1, 1, 1, device=dev) * 0.4 * (torch.rand(n, 1, 1, 1, device=dev) < 0.5)
+    gamma = torch.exp(0.8 * (torch.rand(n, 1, 1, 1, device=dev) - 0.5))
+    noise = torch.randn_like(x) * 0.02 * torch.rand(n, 1, 1, 1, device=dev)
+    return ((lift + (1 - lift) * x.clamp(0, 1) ** gamma) + noise).clamp(0, 1), y
+
+
+def autocast(device: torch.device, precision: str) -> Any:
+    """Mixed precision for the forward pass: ``bf16`` halves CPU training time where oneDNN has
+    bf16 kernels (AVX512-BF16/AMX) and is the usual choice on recent GPUs; ``auto`` picks it where
+    supported; ``fp32`` turns it off. Losses are computed in float32 either way."""
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"precision {precision!r}: choose auto, bf16 or fp32")
+    if precision == "auto":
+        cuda = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        cpu = device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        precision = "bf16" if cuda or cpu else "fp32"
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 # ----------------------------------------------------------------------------- segmentation
@@ -232,6 +286,8 @@ def train_segmenter(
     device: torch.device = CPU,
     budget_s: float | None = None,
     init: Path | None = None,
+    precision: str = "auto",
+    lr: float = 3e-3,
 ) -> Segmenter:
     """One ensemble member; ``init`` = a weights directory to fine-tune from (own data, new resolution)."""
     from segmentation_models_pytorch.losses import DiceLoss
@@ -239,21 +295,25 @@ def train_segmenter(
     assert data.lungs is not None, "segmentation needs lung masks (paths.lungs)"
     model = Segmenter(name)
     if init is not None and (init / f"{name}.pt").is_file():
-        model.load_state_dict(torch.load(init / f"{name}.pt", map_location="cpu", weights_only=True))
+        model.load_earlier_weights(torch.load(init / f"{name}.pt", map_location="cpu", weights_only=True))
         log.info("%s: fine-tuning from %s", name, init / f"{name}.pt")
-    model = model.to(device)
+    # channels-last: ~1.6x faster convolutions on CPU (oneDNN) and on tensor cores, same numbers
+    model = model.to(device, memory_format=torch.channels_last)
     dice = DiceLoss(mode="multiclass")
     train_idx = data.index("train")[:limit]
     f = MODEL_INPUT // SEG_WORK
 
     def steps(epoch: int) -> Iterable[torch.Tensor]:
         for b in _batches(train_idx, 16):
-            x = _augment(data.images[b].to(device).float())
-            y = data.lungs[b][:, f // 2 :: f, f // 2 :: f].to(device).long()
-            logits = model.logits(x)
+            x, y = _augment_seg(data.images[b].to(device).float(), data.lungs[b].to(device))
+            y = y[:, f // 2 :: f, f // 2 :: f]
+            with autocast(device, precision):
+                logits = model.logits(x.contiguous(memory_format=torch.channels_last))
+            logits = logits.float()
             yield F.cross_entropy(logits, y) + dice(logits, y)
 
-    return _run(name, model, epochs, steps, run_dir, weights_dir, 3e-3, resume, budget_s)
+    model = _run(name, model, epochs, steps, run_dir, weights_dir, lr, resume, budget_s)
+    return model.to(memory_format=torch.contiguous_format)
 
 
 def dice_scores(probs: torch.Tensor, truth: torch.Tensor) -> np.ndarray:
@@ -517,6 +577,8 @@ class TrainConfig:
     only: tuple[str, ...] = ()
     seg_members: tuple[str, ...] = ()  # subset of SEG_MEMBERS to train (empty = all)
     init_weights: Path | None = None  # segmentation members start from these weights when present
+    seg_lr: float = 3e-3  # peak of the cosine schedule; ~1e-3 when fine-tuning from init_weights
+    precision: str = "auto"  # forward pass of the segmentation members: auto, bf16 or fp32
     device: str = "auto"
 
 
@@ -532,7 +594,11 @@ def load_weights(name: str, weights_dir: Path, device: torch.device = CPU) -> to
         model = PrognosisHead()
     else:
         raise ValueError(f"unknown model {name!r}")
-    model.load_state_dict(torch.load(weights_dir / f"{name}.pt", map_location="cpu", weights_only=True))
+    state = torch.load(weights_dir / f"{name}.pt", map_location="cpu", weights_only=True)
+    if isinstance(model, Segmenter):
+        model.load_earlier_weights(state)  # (also reads members trained before the coordinate channel)
+    else:
+        model.load_state_dict(state)
     return model.to(device).eval()
 
 
@@ -641,6 +707,8 @@ def train_all(cfg: TrainConfig) -> dict[str, Any]:
                 device,
                 cfg.seg_seconds,
                 cfg.init_weights,
+                cfg.precision,
+                cfg.seg_lr,
             )
     if (
         "ensemble" in todo
