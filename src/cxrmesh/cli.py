@@ -119,7 +119,7 @@ def train(
 ) -> None:
     """Train the four models (resumable; seeded) and evaluate them on the test split."""
     try:
-        from cxrmesh.models.train import TrainConfig, train_all
+        from cxrmesh.models.train import PRECISIONS, TrainConfig, train_all
     except ImportError as exc:
         _fail(f"training needs the [train] extra (torch, segmentation-models-pytorch, ...): {exc}")
     if not (corpus / "manifest.jsonl").is_file():
@@ -134,8 +134,8 @@ def train(
     members = tuple(m for m in seg_members.split(",") if m)
     if set(members) - set(SEG_MEMBERS):
         _fail(f"--seg-members: unknown {sorted(set(members) - set(SEG_MEMBERS))}; choose from {SEG_MEMBERS}")
-    if precision not in ("auto", "bf16", "fp32"):
-        _fail(f"--precision {precision!r}: choose auto, bf16 or fp32")
+    if precision not in PRECISIONS:
+        _fail(f"--precision {precision!r}: choose {', '.join(PRECISIONS)}")
     cfg = TrainConfig(
         corpus=corpus,
         out=out,
