@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cxrmesh.regions import Lung, Region, landmark_problems, split_regions
+from cxrmesh.regions import Lung, Region, landmark_problems, split_regions, wrong_side_share
 
 
 def _lungs() -> np.ndarray:
@@ -71,3 +71,14 @@ def test_landmark_plausibility() -> None:
     assert landmark_problems(np.zeros((10, 10), np.uint8), (1, 1), (2, 2)) == [
         "lung map lacks a right or a left lung"
     ]
+
+
+def test_wrong_side_share_counts_labels_across_the_carina() -> None:
+    lungs = _lungs()
+    assert wrong_side_share(lungs, 60.0) == 0.0
+    swapped = np.where(lungs == Lung.RIGHT, Lung.LEFT, np.where(lungs == Lung.LEFT, Lung.RIGHT, 0))
+    assert wrong_side_share(swapped.astype(np.uint8), 60.0) == 1.0
+    one_label = np.where(lungs > 0, Lung.LEFT, 0).astype(np.uint8)  # both lungs called "left"
+    right_pixels = int((lungs == Lung.RIGHT).sum())
+    assert wrong_side_share(one_label, 60.0) == pytest.approx(right_pixels / int((lungs > 0).sum()))
+    assert wrong_side_share(np.zeros((4, 4), np.uint8), 2.0) == 0.0

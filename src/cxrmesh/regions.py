@@ -75,6 +75,17 @@ def split_regions(lungs: np.ndarray, left_hilum_xy: tuple[float, float]) -> np.n
     return out
 
 
+def wrong_side_share(lungs: np.ndarray, carina_x: float) -> float:
+    """Share of lung pixels labelled with the lung of the other side of the carina (0 = sides right).
+
+    In standard display orientation the patient's right lung lies left of the carina in the image;
+    a map that puts its labels the other way round has its sides swapped, whatever its Dice.
+    """
+    xs = np.nonzero(lungs == Lung.RIGHT)[1]
+    xl = np.nonzero(lungs == Lung.LEFT)[1]
+    return int((xs > carina_x).sum() + (xl < carina_x).sum()) / max(1, xs.size + xl.size)
+
+
 def landmark_problems(
     lungs: np.ndarray, carina_xy: tuple[float, float], left_hilum_xy: tuple[float, float]
 ) -> list[str]:
@@ -96,7 +107,7 @@ def landmark_problems(
     bottom = max(ys.max(), yl.max())
     if not top < hy < bottom:
         problems.append("left hilum lies outside the lungs' vertical extent")
-    wrong = int((xs > cx).sum() + (xl < cx).sum()) / (xs.size + xl.size)
+    wrong = wrong_side_share(lungs, cx)
     if wrong > WRONG_SIDE_LIMIT:
         problems.append(f"lung labels on the wrong side of the carina ({wrong:.0%} of lung pixels)")
     return problems
