@@ -33,6 +33,7 @@ from cxrmesh.inference import model_input
 from cxrmesh.models.spec import LANDMARKS, SEG_MEMBERS
 from cxrmesh.models.train import (
     dice_scores,
+    ensemble_mean,
     load_data,
     load_weights,
     predict,
@@ -57,10 +58,6 @@ def against_best(ens: np.ndarray, members: dict[str, np.ndarray], seed: int = 0)
         "ci95": [round(float(np.percentile(boots, q)), 5) for q in (2.5, 97.5)],
         "higher_share": round(float((diff > 0).mean()), 3),
     }
-
-
-def weighted_mean(probs: Probs, weights: dict[str, float]) -> torch.Tensor:
-    return sum(w * probs[m].float() for m, w in weights.items() if w) / sum(weights.values())
 
 
 def temperatures(logp: Probs, truth: torch.Tensor) -> dict[str, float]:
@@ -130,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     fitted = select_ensemble_weights(probs["val"], truth["val"])
     for label, w in (("equal_weights", dict.fromkeys(SEG_MEMBERS, 1.0)), ("val_fitted_weights", fitted)):
-        report[label] = {"weights": w, "real_wrong_side": side(weighted_mean(real_probs, w))} | {
-            s: against_best(dice_scores(weighted_mean(probs[s], w), truth[s]), dice[s]) for s in probs
+        report[label] = {"weights": w, "real_wrong_side": side(ensemble_mean(real_probs, w))} | {
+            s: against_best(dice_scores(ensemble_mean(probs[s], w), truth[s]), dice[s]) for s in probs
         }
     if args.rules:
         report["rules"] = rules(probs, truth)

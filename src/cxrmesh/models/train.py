@@ -347,6 +347,12 @@ def select_ensemble_weights(
     return {m: counts[m] / rounds for m in names}
 
 
+def ensemble_mean(member_probs: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+    """The members' probabilities averaged with ``weights`` (normalised; zero-weight members skipped)."""
+    used = {m: w for m, w in weights.items() if w}
+    return sum(w * member_probs[m].float() for m, w in used.items()) / sum(used.values())
+
+
 @torch.no_grad()
 def predict(model: torch.nn.Module, images: torch.Tensor, batch: int = 32) -> Any:
     """Run ``model`` on the device its weights live on; results come back on the CPU."""
@@ -612,7 +618,7 @@ def fit_ensemble(data: Data, weights_dir: Path, device: torch.device = CPU) -> d
     va = data.index("val")
     probs = {m: predict(load_weights(m, weights_dir, device), data.images[va]).half() for m in SEG_MEMBERS}
     weights = select_ensemble_weights(probs, data.lungs[va])
-    mean = sum(w * probs[m].float() for m, w in weights.items())
+    mean = ensemble_mean(probs, weights)
     record = {
         "weights": weights,
         "fitted_on": f"val split, {len(va)} studies",
