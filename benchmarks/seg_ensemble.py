@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     data = load_data(args.corpus)
-    assert data.lungs is not None, "the corpus has no lung masks"
+    if data.lungs is None:
+        ap.error(f"{args.corpus} has no lung masks (manifest paths.lungs): nothing to score against")
     nets = {m: load_weights(m, args.weights) for m in SEG_MEMBERS}
     probs: dict[str, Probs] = {}
     truth: dict[str, torch.Tensor] = {}
