@@ -222,6 +222,12 @@ def test_a_segmentation_member_trains_and_its_weights_load_contiguous(
     assert probs.shape == (2, 3, MODEL_INPUT, MODEL_INPUT)
     assert torch.allclose(probs.sum(dim=1), torch.ones(2, MODEL_INPUT, MODEL_INPUT), atol=1e-5)
     assert model.training is False
+    # fine-tuning starts from those weights: at learning rate 0 the parameters stay theirs
+    tuned = train_segmenter(
+        "lung_seg_fpn", data, 1, tmp_path / "runs2", tmp_path / "w2", False, 4, init=tmp_path / "w", lr=0.0
+    )
+    for key, value in tuned.named_parameters():
+        assert torch.equal(value.detach(), state[key]), key
 
 
 def test_a_member_without_the_coordinate_channel_loads_unchanged() -> None:

@@ -297,10 +297,11 @@ def train_segmenter(
     from segmentation_models_pytorch.losses import DiceLoss
 
     assert data.lungs is not None, "segmentation needs lung masks (paths.lungs)"
-    model = Segmenter(name)
     if init is not None and (init / f"{name}.pt").is_file():
-        model.load_earlier_weights(torch.load(init / f"{name}.pt", map_location="cpu", weights_only=True))
+        model = load_weights(name, init)
         log.info("%s: fine-tuning from %s", name, init / f"{name}.pt")
+    else:
+        model = Segmenter(name)
     # channels-last: ~1.6x faster convolutions on CPU (oneDNN) and on tensor cores, same numbers
     model = model.to(device, memory_format=torch.channels_last)
     dice = DiceLoss(mode="multiclass")
