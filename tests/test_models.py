@@ -15,6 +15,7 @@ from cxrmesh.models.spec import BY_NAME, EMBED_DIM, MODEL_INPUT
 from cxrmesh.models.train import (
     TrainConfig,
     _augment_seg,
+    _run,
     auc,
     autocast,
     dice_scores,
@@ -122,6 +123,23 @@ def test_load_data_puts_truth_in_the_input_frame(tiny_corpus: Path) -> None:
     for i in range(4):
         x, y = lm[i, 0].round().long().tolist()
         assert data.lungs[i, y, x] == 0
+
+
+def test_a_time_budget_is_judged_at_the_current_pace_not_the_slow_first_epoch(tmp_path: Path) -> None:
+    """The first epoch also pays for start-up (cuDNN autotuning, several trainings sharing a GPU): a
+    budget that ruled by it alone would cut the run for good; later, faster epochs win it back."""
+    import time
+
+    model = torch.nn.Linear(1, 1)
+
+    def steps(epoch: int):
+        time.sleep(0.6 if epoch == 0 else 0.01)
+        yield model(torch.ones(1, 1)).sum()
+
+    _run("budgeted", model, 5, steps, tmp_path / "runs", tmp_path / "w", 1e-3, False, budget_s=2.0)
+    history = (tmp_path / "runs" / "budgeted" / "history.jsonl").read_text().splitlines()
+    assert len(history) == 5  # (at the first epoch's pace 3 would fit: 1 + 1.4 s / 0.6 s)
+    assert (tmp_path / "w" / "budgeted.pt").is_file()
 
 
 def test_retrieval_metrics_and_auc_on_known_data() -> None:

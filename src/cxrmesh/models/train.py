@@ -109,8 +109,10 @@ def _run(
 ) -> torch.nn.Module:
     """Epoch loop with an AdamW + cosine schedule and a checkpoint after every epoch.
 
-    ``budget_s`` caps the wall time: after each epoch the epoch count is cut to what still fits at
-    that epoch's pace and the cosine schedule is re-aimed at it, so a time-boxed run still anneals.
+    ``budget_s`` caps the wall time: after each epoch the epoch count is set to what still fits at
+    that epoch's pace (never more than asked) and the cosine schedule is re-aimed at it, so a
+    time-boxed run still anneals. A slow first epoch (start-up, a shared GPU) lowers the count only
+    until faster epochs show that more fit.
     """
     run = run_dir / name
     run.mkdir(parents=True, exist_ok=True)
@@ -128,6 +130,7 @@ def _run(
         random.setstate(state["python_rng"])
         start = state["epoch"] + 1
     history = []
+    asked = epochs
     began = time.monotonic()
     epoch = start
     while epoch < epochs:  # (not a range: a time budget may lower ``epochs`` on the way)
@@ -145,9 +148,9 @@ def _run(
             # judged on the latest epoch, not the first: that one also pays for CUDA/cuDNN start-up
             now = time.monotonic()
             left = budget_s - (now - began)
-            fits = epoch + 1 + max(0, int(left / max(now - epoch_began, 1e-6)))
-            if fits < epochs:
-                log.info("%s: %d epochs fit in %.0f s (of %d asked)", name, fits, budget_s, epochs)
+            fits = min(asked, epoch + 1 + max(0, int(left / max(now - epoch_began, 1e-6))))
+            if fits != epochs:
+                log.info("%s: %d epochs fit in %.0f s (of %d asked)", name, fits, budget_s, asked)
                 epochs = fits
                 sched.T_max = max(1, epochs)
         sched.step()
