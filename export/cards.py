@@ -11,10 +11,12 @@ from typing import Any
 from cxrmesh.models.spec import BY_NAME, SEG_ENSEMBLE, SEG_MEMBERS, ModelSpec
 
 TRAINING = (
-    "Synthetic chest radiographs from `cxrmesh synth --n 2000 --seed 1 --no-dicom` (three simulated "
-    "sites, CR/DX, PA/AP; normal, COVID-19 and other pneumonia; lung shapes from 362 real annotated "
-    "lung pairs), patient-level 70/15/15 train/val/test split; trained with `cxrmesh train --corpus "
-    "data/corpus-2000` (see docs/models.md). No real patient images were used."
+    "Synthetic chest radiographs from the seed-1 corpus of `cxrmesh synth --seed 1 --no-dicom` (three "
+    "simulated sites, CR/DX, PA/AP; normal, COVID-19 and other pneumonia; lung shapes from 362 real "
+    "annotated lung pairs), patient-level 70/15/15 train/val/test split: 2,000 studies here, 3,000 on "
+    "the GPU host (the 2,000 are their exact prefix, split alike), so the test split of "
+    "`data/corpus-2000` holds no trained-on patient; trained with `cxrmesh train` and "
+    "`scripts/train_on_gpu.sh` (which model how: docs/models.md). No real patient images were used."
 )
 INPUT = (
     "`image`: FP32 [N, 1, 256, 256], display values in [0, 1] (1 = white) after the preprocessing "

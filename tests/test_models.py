@@ -189,6 +189,24 @@ def test_ensemble_selection_keeps_members_that_help_and_drops_harm() -> None:
     assert mixed > max(dice_scores(a, truth).mean(), dice_scores(b, truth).mean())
 
 
+def test_ensemble_selection_can_keep_every_member() -> None:
+    """With ``keep_all`` the harmful member keeps its one starting pick, and no more; the helpful ones
+    gain, so the weights still rank the members by what they add."""
+    truth = torch.randint(0, 3, (4, 16, 16), generator=torch.Generator().manual_seed(0))
+    right, wrong = _probs(truth, 0.9), _probs((truth + 1) % 3, 0.6)
+    left = torch.zeros(16, 16, dtype=torch.bool)
+    left[:, :8] = True
+    probs = {
+        "a": torch.where(left, right, wrong),
+        "b": torch.where(left, wrong, right),
+        "bad": _probs((truth + 1) % 3, 0.9),
+    }
+    weights = select_ensemble_weights(probs, truth, rounds=10, keep_all=True)
+    assert weights["bad"] == pytest.approx(1 / 13)
+    assert weights["a"] > weights["bad"] and weights["b"] > weights["bad"]
+    assert sum(weights.values()) == pytest.approx(1)
+
+
 def _two_lungs(n: int, size: int = 64) -> torch.Tensor:
     """Label maps with a narrow right lung on the image's left and a wide left lung on its right."""
     labels = torch.zeros(n, size, size, dtype=torch.uint8)
@@ -253,8 +271,14 @@ def test_a_member_without_the_coordinate_channel_loads_unchanged() -> None:
     import segmentation_models_pytorch as smp
 
     torch.manual_seed(0)
-    old = smp.Linknet(encoder_name=nets.SEG_ENCODER, encoder_weights=None, in_channels=1, classes=3).eval()
-    member = nets.Segmenter("lung_seg_linknet").eval()
+    old = smp.Unet(
+        encoder_name=nets.SEG_ENCODER,
+        encoder_weights=None,
+        in_channels=1,
+        classes=3,
+        decoder_channels=(64, 32, 24, 16, 8),
+    ).eval()
+    member = nets.Segmenter("lung_seg_unet").eval()
     member.load_earlier_weights({f"net.{k}": v for k, v in old.state_dict().items()})
     image = torch.rand(2, 1, MODEL_INPUT, MODEL_INPUT)
     with torch.no_grad():

@@ -70,14 +70,27 @@ class Embedder(nn.Module):
 
 
 def _seg_arch(name: str) -> nn.Module:
+    """The five members, each ~1.1-1.4 M parameters on the same light encoder.
+
+    Chosen by a side-by-side run of eight candidates (docs/models.md): MA-Net (multi-scale
+    attention, encoder depth 4 so its attention blocks stay small) replaced LinkNet, the weakest;
+    FPN trains without decoder dropout and DeepLabV3+ with an output stride of 8, both a little
+    better on validation than smp's defaults.
+    """
     kw = {"encoder_name": SEG_ENCODER, "encoder_weights": None, "in_channels": 2, "classes": len(SEG_CLASSES)}
     small = (64, 32, 24, 16, 8)
     return {
         "lung_seg_unet": lambda: smp.Unet(decoder_channels=small, **kw),
         "lung_seg_unetplusplus": lambda: smp.UnetPlusPlus(decoder_channels=(48, 32, 24, 16, 8), **kw),
-        "lung_seg_fpn": lambda: smp.FPN(decoder_pyramid_channels=64, decoder_segmentation_channels=32, **kw),
-        "lung_seg_linknet": lambda: smp.Linknet(**kw),
-        "lung_seg_deeplabv3plus": lambda: smp.DeepLabV3Plus(decoder_channels=64, **kw),
+        "lung_seg_fpn": lambda: smp.FPN(
+            decoder_pyramid_channels=64, decoder_segmentation_channels=32, decoder_dropout=0.0, **kw
+        ),
+        "lung_seg_manet": lambda: smp.MAnet(
+            encoder_depth=4, decoder_channels=small[:4], decoder_pab_channels=32, **kw
+        ),
+        "lung_seg_deeplabv3plus": lambda: smp.DeepLabV3Plus(
+            decoder_channels=64, encoder_output_stride=8, **kw
+        ),
     }[name]()
 
 

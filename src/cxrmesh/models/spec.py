@@ -73,7 +73,7 @@ SEG_MEMBERS = (
     "lung_seg_unet",
     "lung_seg_unetplusplus",
     "lung_seg_fpn",
-    "lung_seg_linknet",
+    "lung_seg_manet",
     "lung_seg_deeplabv3plus",
 )
 
