@@ -6,9 +6,8 @@ directory on the validation and test splits and prints, as JSON:
 - each member's mean Dice (right and left lung, argmax) per split;
 - the equal-weight mean (what Triton serves without ``member_weights``) and the mean with weights
   fitted on validation as ``cxrmesh train`` fits them (``train.select_ensemble_weights``, every
-  member kept), each against the best member of that
-  split: the mean difference, its paired bootstrap 95 % interval over studies and the share of
-  studies on which the ensemble is higher;
+  member kept), each against the best member of that split: the mean difference, its paired
+  bootstrap 95 % interval over studies and the share of studies on which the ensemble is higher;
 - other ways of combining the same probabilities, fitted on validation only (``--rules``):
   per-member temperature before the mean, the mean of logits, confidence-weighted mean;
 - on the real radiograph (``RG1_UNCR`` from pydicom-data) the share of lung pixels a member or an
@@ -127,9 +126,8 @@ def main(argv: list[str] | None = None) -> int:
             for m in SEG_MEMBERS
         },
     }
-    fitted = select_ensemble_weights(
-        probs["val"], truth["val"], keep_all=True
-    )  # as `cxrmesh train` fits them
+    # fitted as `cxrmesh train` fits them (every member kept)
+    fitted = select_ensemble_weights(probs["val"], truth["val"], keep_all=True)
     for label, w in (("equal_weights", dict.fromkeys(SEG_MEMBERS, 1.0)), ("val_fitted_weights", fitted)):
         report[label] = {"weights": w, "real_wrong_side": side(ensemble_mean(real_probs, w))} | {
             s: against_best(dice_scores(ensemble_mean(probs[s], w), truth[s]), dice[s]) for s in probs

@@ -342,10 +342,8 @@ def select_ensemble_weights(
     whole library): the served ensemble then averages all five, none computed only to be dropped.
     """
     names = list(member_probs)
-    counts = dict.fromkeys(names, 1 if keep_all else 0)
-    total = torch.zeros_like(member_probs[names[0]], dtype=torch.float32)
-    if keep_all:
-        total = total + sum(p.float() for p in member_probs.values())
+    counts = dict.fromkeys(names, int(keep_all))
+    total = sum(counts[m] * member_probs[m].float() for m in names)  # the picks so far, summed
     for _ in range(rounds):
         n = sum(counts.values()) + 1
         scores = {m: float(dice_scores((total + member_probs[m].float()) / n, truth).mean()) for m in names}
