@@ -21,7 +21,7 @@ import grpc
 import numpy as np
 
 from cxrmesh.client import ingest_bytes, manifest_headers
-from cxrmesh.mesh import Mesh
+from cxrmesh.local.mesh import Mesh
 from cxrmesh.synth.corpus import generate
 from cxrmesh.v1 import ingestion_pb2_grpc, search_pb2, search_pb2_grpc
 

@@ -1,4 +1,4 @@
-"""Agreement of the RALE estimator (``cxrmesh.rale``) with the synthetic truth, and its calibration.
+"""Agreement of the RALE estimator (``cxrmesh.analysis.rale``) with the synthetic truth, and its calibration.
 
 Runs the committed ONNX models in-process (ONNX Runtime, CPU) on every study of a split: the
 display image pooled to the model input, the ensemble's lung map and the landmark model's left
@@ -35,10 +35,11 @@ from scipy.sparse import csr_matrix, hstack
 from scipy.sparse.linalg import lsqr
 from scipy.stats import spearmanr
 
-from cxrmesh import rale
-from cxrmesh.inference import OnnxModels, input_labels, model_input
-from cxrmesh.quantify import region_table
-from cxrmesh.regions import REGION_KEYS
+from cxrmesh.analysis import rale
+from cxrmesh.analysis.pixels import input_labels, model_input
+from cxrmesh.analysis.quantify import region_table
+from cxrmesh.analysis.regions import REGION_KEYS
+from cxrmesh.ml.onnx_models import OnnxModels
 from cxrmesh.synth.corpus import read_manifest, read_training_copy
 
 KEYS = tuple(REGION_KEYS.values())

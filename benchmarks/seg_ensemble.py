@@ -29,9 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxrmesh.inference import model_input
-from cxrmesh.models.spec import LANDMARKS, SEG_MEMBERS
-from cxrmesh.models.train import (
+from cxrmesh.analysis.pixels import model_input
+from cxrmesh.analysis.regions import wrong_side_share
+from cxrmesh.contracts.tensors import LANDMARKS, SEG_MEMBERS
+from cxrmesh.ml.train import (
     dice_scores,
     ensemble_mean,
     load_data,
@@ -39,7 +40,6 @@ from cxrmesh.models.train import (
     predict,
     select_ensemble_weights,
 )
-from cxrmesh.regions import wrong_side_share
 from cxrmesh.synth.contact import real_radiograph
 
 Probs = dict[str, torch.Tensor]

@@ -24,10 +24,10 @@ import numpy as np
 import onnxruntime as ort
 import tritonclient.grpc as grpcclient
 
+from cxrmesh.contracts.tensors import BY_NAME, ONNX_MODELS, SEG_ENSEMBLE, ModelSpec
 from cxrmesh.export import onnx_dir_for_tests
 from cxrmesh.export.repository import ONNX_FILE, write_repository
-from cxrmesh.export.triton_launch import running_server
-from cxrmesh.models.spec import BY_NAME, ONNX_MODELS, SEG_ENSEMBLE, ModelSpec
+from cxrmesh.local.triton_server import running_server
 
 BATCHES = (1, 8)
 

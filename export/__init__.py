@@ -10,7 +10,7 @@ REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
 
 def onnx_dir_for_tests(scratch: Path) -> Path:
     """The committed, trained ONNX models as ``<name>.onnx`` links in ``scratch`` (tests serve these)."""
-    from cxrmesh.models.spec import ONNX_MODELS
+    from cxrmesh.contracts.tensors import ONNX_MODELS
 
     scratch.mkdir(parents=True, exist_ok=True)
     for spec in ONNX_MODELS:

@@ -16,8 +16,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from cxrmesh.contracts.tensors import ONNX_MODELS, ModelSpec
 from cxrmesh.export.repository import ONNX_FILE, PLAN_FILE
-from cxrmesh.models.spec import ONNX_MODELS, ModelSpec
 
 OPT_BATCH = 8
 NOT_INSTALLED = (

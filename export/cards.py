@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cxrmesh.models.spec import BY_NAME, SEG_ENSEMBLE, SEG_MEMBERS, ModelSpec
+from cxrmesh.contracts.tensors import BY_NAME, SEG_ENSEMBLE, SEG_MEMBERS, ModelSpec
 
 TRAINING = (
     "Synthetic chest radiographs from the seed-1 corpus of `cxrmesh synth --seed 1 --no-dicom` (three "
@@ -20,7 +20,8 @@ TRAINING = (
 )
 INPUT = (
     "`image`: FP32 [N, 1, 256, 256], display values in [0, 1] (1 = white) after the preprocessing "
-    "contract (`cxrmesh.contract`: modality LUT, VOI LUT, MONOCHROME1 inversion, letterbox to 512, "
+    "contract (`cxrmesh.contracts.preprocessing`: modality LUT, VOI LUT, MONOCHROME1 inversion, "
+    "letterbox to 512, "
     "2x2 average pooling to 256). Normalisation is inside the graph."
 )
 LIMITS = (
@@ -34,7 +35,7 @@ USE = {
     "and frozen features for prognosis. The attention map shows where features were pooled from.",
     "lung_seg_ensemble": "Right/left lung segmentation for four-region quantification; serve this, not "
     "the members, unless member disagreement is wanted (request `member_probs`).",
-    "cxr_landmarks": "Carina and left hilum for the upper/lower zone split (`cxrmesh.regions`).",
+    "cxr_landmarks": "Carina and left hilum for the upper/lower zone split (`cxrmesh.analysis.regions`).",
     "prognosis_head": "Probability of intubation within 72 h. Needs clinical data: callers must not "
     "send placeholders for missing values.",
 }

@@ -1,6 +1,6 @@
 """PyTorch -> ONNX (dynamo exporter, opset 18, one file, dynamic batch) with a parity check.
 
-Tensor names and shapes come from ``cxrmesh.models.spec`` so the ONNX files, the Triton configs and
+Tensor names and shapes come from ``cxrmesh.contracts.tensors`` so the ONNX files, the Triton configs and
 the clients agree by construction.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxrmesh.models.spec import MAX_BATCH, ONNX_MODELS, ModelSpec, example_inputs
+from cxrmesh.contracts.tensors import MAX_BATCH, ONNX_MODELS, ModelSpec, example_inputs
 
 OPSET = 18
 PARITY_TOLERANCE = 1e-4
@@ -61,7 +61,7 @@ def radiographs(n: int = 16) -> np.ndarray:
     softmax is flat, and the soft-argmax then magnifies float32 rounding into coordinate noise that
     says nothing about the exported graph.
     """
-    from cxrmesh.inference import model_input
+    from cxrmesh.analysis.pixels import model_input
     from cxrmesh.synth.corpus import generate, read_training_copy
 
     with tempfile.TemporaryDirectory(prefix="cxrmesh-parity-") as tmp:
@@ -92,7 +92,7 @@ def check_parity(model: torch.nn.Module, spec: ModelSpec, path: Path, batches=(1
 
 def export_all(weights: Path, out: Path) -> list[Parity]:
     """Export every ONNX model whose weights exist to ``out/<name>.onnx``; returns parity results."""
-    from cxrmesh.models.train import load_weights
+    from cxrmesh.ml.train import load_weights
 
     results = []
     for spec in ONNX_MODELS:

@@ -10,7 +10,7 @@ One repository, two serving profiles chosen at server start:
 
 ``lung_seg_ensemble`` is a python BLS model (``triton_models/seg_ensemble_model.py``) in both profiles:
 it holds no weights and calls whichever members the profile serves. Every tensor name, dtype and dim
-comes from ``cxrmesh.models.spec``; configs are built as ``ModelConfig`` protobuf messages and
+comes from ``cxrmesh.contracts.tensors``; configs are built as ``ModelConfig`` protobuf messages and
 printed with ``text_format``, so they always parse and never drift from the spec.
 """
 
@@ -26,7 +26,7 @@ import numpy as np
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from cxrmesh.models.spec import BY_NAME, ONNX_MODELS, SEG_ENSEMBLE, ModelSpec, Tensor
+from cxrmesh.contracts.tensors import BY_NAME, ONNX_MODELS, SEG_ENSEMBLE, ModelSpec, Tensor
 
 CONFIG_FILE = "config.pbtxt"
 CPU_PROFILE = "cpu"  # the --model-config-name of the CPU profile
@@ -220,7 +220,7 @@ def write_repository(
     intra_op_threads: int = 0,
     ensemble_weights: Mapping[str, float] | None = None,
 ) -> list[str]:
-    """Write every model of ``cxrmesh.models.spec`` into the repository ``out``; returns the model names.
+    """Write every model of ``cxrmesh.contracts.tensors`` into the repository ``out``; returns the names.
 
     ``onnx_dir`` holds ``<name>.onnx`` for each ONNX model. ``cards`` maps model names to model-card
     Markdown; models without one get ``default_card``. ``ensemble_weights`` are the segmentation

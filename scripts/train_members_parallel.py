@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from cxrmesh.models import train
-from cxrmesh.models.spec import SEG_MEMBERS
+from cxrmesh.contracts.tensors import SEG_MEMBERS
+from cxrmesh.ml import train
 
 log = logging.getLogger("members")
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Train the committed weights on a GPU host: generate the synthetic corpus there, train all four
-# models with `cxrmesh.models.train`, and pack weights + metrics + histories into OUT_DIR.
+# models with `cxrmesh.ml.train`, and pack weights + metrics + histories into OUT_DIR.
 #
 # Runs with the host's own PyTorch (no project venv): wheels the host lacks can be put in .whl/
 # (pydicom, faker, segmentation-models-pytorch, timm, pytorch-metric-learning; see docs/models.md).
@@ -54,7 +54,7 @@ timeout "$TRAIN_TIMEOUT" python3 - "$WORK/corpus" "$WORK" "$SEG" "$LM" "$EMB" "$
 import json, logging, sys, time
 from pathlib import Path
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-from cxrmesh.models.train import TrainConfig, train_all
+from cxrmesh.ml.train import TrainConfig, train_all
 corpus, work = Path(sys.argv[1]), Path(sys.argv[2])
 t = time.time()
 cfg = TrainConfig(corpus=corpus, out=work / "runs", weights=work / "weights", seed=0,

@@ -17,17 +17,17 @@ import numpy as np
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from cxrmesh.contract import MODEL_SIZE
-from cxrmesh.inference import model_input
-from cxrmesh.models.spec import MAX_BATCH
+from cxrmesh.analysis.pixels import model_input
+from cxrmesh.contracts.errors import InvalidArgument, NotFound
+from cxrmesh.contracts.preprocessing import MODEL_SIZE
+from cxrmesh.contracts.tensors import MAX_BATCH
 from cxrmesh.runtime import metrics
 from cxrmesh.runtime.blobs import BlobError, BlobStore, bytes_array, open_blob_store
-from cxrmesh.runtime.errors import InvalidArgument, NotFound
 from cxrmesh.runtime.grpc_server import ServiceRuntime
 from cxrmesh.runtime.kafka import Consumer, Event, EventProducer, PermanentError
 from cxrmesh.runtime.settings import ServiceSettings
+from cxrmesh.runtime.tables import ResultTable, kafka_config
 from cxrmesh.runtime.triton import TritonClient, TritonRejected
-from cxrmesh.services.results import ResultTable, kafka_config
 from cxrmesh.v1 import common_pb2
 
 T = TypeVar("T")

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from cxrmesh.runtime.broker import LocalBroker, TansuNotFoundError, find_tansu
+from cxrmesh.local.broker import LocalBroker, TansuNotFoundError, find_tansu
 
 
 def unique(prefix: str) -> str:

@@ -6,7 +6,7 @@ config gives them, else equally) and, only if the client asked for it, also
 returns the members' probabilities stacked along a new axis. The members are whatever the server
 serves under their names - ONNX Runtime models on the CPU profile, TensorRT plans on the GPU one -
 so the same file and config serve both. Tensor names come from the config parameters written by
-``cxrmesh.export.repository`` from ``cxrmesh.models.spec``; this file states none of them:
+``cxrmesh.export.repository`` from ``cxrmesh.contracts.tensors``; this file states none of them:
 
 * ``members`` - comma-separated member model names;
 * ``member_weights`` - optional comma-separated non-negative weights in the same order (fitted on

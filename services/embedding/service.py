@@ -12,11 +12,12 @@ from collections.abc import Sequence
 import grpc
 import numpy as np
 
+from cxrmesh.contracts import topics
 from cxrmesh.runtime.blobs import NPY, array_bytes
 from cxrmesh.runtime.grpc_server import ServiceRuntime
 from cxrmesh.runtime.kafka import Event
 from cxrmesh.runtime.settings import EmbeddingSettings
-from cxrmesh.services import stage, topics
+from cxrmesh.services import stage
 from cxrmesh.v1 import common_pb2, embedding_pb2, embedding_pb2_grpc, events_pb2
 
 

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cxrmesh.services.results import SqliteStore
+from cxrmesh.runtime.tables import SqliteStore
 
 
 @dataclass(frozen=True)

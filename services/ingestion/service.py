@@ -1,6 +1,6 @@
 """Ingestion: the only service that sees identifiable DICOM.
 
-Ingest (client streaming): size check -> parse/validate/decode (cxrmesh.ingest) -> de-identify
+Ingest (client streaming): size check -> parse/validate/decode (cxrmesh.dicom) -> de-identify
 (PS3.15 basic profile, keyed pseudonyms) -> normalise to the model contract -> blobs (fsynced)
 -> study + event committed in the outbox -> reply. The outbox relay publishes StudyIngested to
 Kafka until the broker confirms. Refusals are INVALID_ARGUMENT with the validator's reason.
@@ -18,17 +18,17 @@ import grpc
 import pydicom
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from cxrmesh.ingest.pipeline import process_dicom
-from cxrmesh.ingest.validate import MAX_DICOM_BYTES, DicomRejected
+from cxrmesh.contracts import convert, topics
+from cxrmesh.contracts.errors import InvalidArgument, NotFound, Unavailable
+from cxrmesh.dicom.admit import process_dicom
+from cxrmesh.dicom.validate import MAX_DICOM_BYTES, DicomRejected
 from cxrmesh.runtime import metrics
 from cxrmesh.runtime.blobs import NPY, array_bytes, open_blob_store
-from cxrmesh.runtime.errors import InvalidArgument, NotFound, Unavailable
 from cxrmesh.runtime.grpc_server import ServiceRuntime
 from cxrmesh.runtime.kafka import EventProducer
 from cxrmesh.runtime.settings import IngestionSettings
-from cxrmesh.services import convert, topics
+from cxrmesh.runtime.tables import kafka_config
 from cxrmesh.services.ingestion.outbox import Outbox
-from cxrmesh.services.results import kafka_config
 from cxrmesh.v1 import common_pb2, events_pb2, ingestion_pb2, ingestion_pb2_grpc
 
 log = logging.getLogger(__name__)

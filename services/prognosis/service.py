@@ -15,15 +15,16 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from cxrmesh.models.spec import CLINICAL_FEATURES, EMBED_DIM
-from cxrmesh.quantify import region_vector
-from cxrmesh.runtime.errors import InvalidArgument, NotFound
+from cxrmesh.analysis.quantify import region_vector
+from cxrmesh.contracts import convert, topics
+from cxrmesh.contracts.errors import InvalidArgument, NotFound
+from cxrmesh.contracts.tensors import CLINICAL_FEATURES, EMBED_DIM
 from cxrmesh.runtime.grpc_server import ServiceRuntime
 from cxrmesh.runtime.kafka import Consumer, Event, EventProducer
 from cxrmesh.runtime.settings import PrognosisSettings
+from cxrmesh.runtime.tables import ResultTable, SqliteStore, kafka_config
 from cxrmesh.runtime.triton import TritonClient
-from cxrmesh.services import convert, stage, topics
-from cxrmesh.services.results import ResultTable, SqliteStore, kafka_config
+from cxrmesh.services import stage
 from cxrmesh.v1 import (
     common_pb2,
     events_pb2,

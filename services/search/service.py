@@ -17,21 +17,22 @@ import grpc
 import numpy as np
 from google.protobuf import json_format
 
-from cxrmesh.ingest.pipeline import process_dicom
-from cxrmesh.ingest.validate import DicomRejected
-from cxrmesh.models.spec import EMBED_DIM
+from cxrmesh.contracts import convert, topics
+from cxrmesh.contracts.errors import InvalidArgument, NotFound, Unavailable
+from cxrmesh.contracts.tensors import EMBED_DIM
+from cxrmesh.dicom.admit import process_dicom
+from cxrmesh.dicom.validate import DicomRejected
 from cxrmesh.runtime.blobs import NPY, array_bytes, open_blob_store
-from cxrmesh.runtime.errors import InvalidArgument, NotFound, Unavailable
 from cxrmesh.runtime.grpc_server import ServiceRuntime
 from cxrmesh.runtime.kafka import Consumer, Event, EventProducer
 from cxrmesh.runtime.settings import SearchSettings
+from cxrmesh.runtime.tables import kafka_config
 from cxrmesh.runtime.triton import TritonClient, TritonError
 from cxrmesh.search.errors import InvalidQuery, StoreError, StoreUnavailable
 from cxrmesh.search.errors import NotFound as StoreNotFound
 from cxrmesh.search.store import CaseFilter, CaseRecord, CaseStore, Neighbour
 from cxrmesh.search.vote import weighted_vote
-from cxrmesh.services import convert, stage, topics
-from cxrmesh.services.results import kafka_config
+from cxrmesh.services import stage
 from cxrmesh.v1 import common_pb2, events_pb2, search_pb2, search_pb2_grpc
 
 log = logging.getLogger(__name__)

@@ -13,12 +13,13 @@ from collections.abc import Sequence
 import grpc
 import numpy as np
 
-from cxrmesh.quantify import lung_dice
+from cxrmesh.analysis.quantify import lung_dice
+from cxrmesh.contracts import topics
 from cxrmesh.runtime.blobs import NPY, array_bytes
 from cxrmesh.runtime.grpc_server import ServiceRuntime
 from cxrmesh.runtime.kafka import Event
 from cxrmesh.runtime.settings import SegmentationSettings
-from cxrmesh.services import stage, topics
+from cxrmesh.services import stage
 from cxrmesh.v1 import common_pb2, events_pb2, segmentation_pb2, segmentation_pb2_grpc
 
 

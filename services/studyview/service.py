@@ -18,12 +18,12 @@ from pathlib import Path
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from cxrmesh.runtime.errors import InvalidArgument, NotFound
+from cxrmesh.contracts import topics
+from cxrmesh.contracts.errors import InvalidArgument, NotFound
 from cxrmesh.runtime.grpc_server import ServiceRuntime
 from cxrmesh.runtime.kafka import Consumer, Event, EventProducer
 from cxrmesh.runtime.settings import StudyViewSettings
-from cxrmesh.services import topics
-from cxrmesh.services.results import SqliteStore, kafka_config
+from cxrmesh.runtime.tables import SqliteStore, kafka_config
 from cxrmesh.v1 import events_pb2, search_pb2, search_pb2_grpc, studyview_pb2, studyview_pb2_grpc
 
 # stage -> the topic whose event completes it
@@ -38,7 +38,7 @@ STAGES: dict[str, str] = {
 FAILED_BY = {
     "embedding": "embedded",
     "segmentation": "segmented",
-    "landmarks": "quantified",
+    "quantification": "quantified",
     "prognosis": "prognosis",
 }
 NEEDS = {

@@ -119,7 +119,7 @@ def train(
 ) -> None:
     """Train the four models (resumable; seeded) and evaluate them on the test split."""
     try:
-        from cxrmesh.models.train import PRECISIONS, TrainConfig, train_all
+        from cxrmesh.ml.train import PRECISIONS, TrainConfig, train_all
     except ImportError as exc:
         _fail(f"training needs the [train] extra (torch, segmentation-models-pytorch, ...): {exc}")
     if not (corpus / "manifest.jsonl").is_file():
@@ -129,7 +129,7 @@ def train(
     unknown = set(parts) - set(steps)
     if unknown:
         _fail(f"--only: unknown step(s) {sorted(unknown)}; choose from {', '.join(steps)}")
-    from cxrmesh.models.spec import SEG_MEMBERS
+    from cxrmesh.contracts.tensors import SEG_MEMBERS
 
     members = tuple(m for m in seg_members.split(",") if m)
     if set(members) - set(SEG_MEMBERS):
@@ -182,9 +182,9 @@ def export_cmd(
         from cxrmesh.export.onnx_export import export_all
     except ImportError as exc:
         _fail(f"export needs the [train] extra (torch, onnx, onnxscript): {exc}")
+    from cxrmesh.contracts.tensors import ENSEMBLE_WEIGHTS_FILE
     from cxrmesh.export.cards import all_cards
     from cxrmesh.export.repository import write_repository
-    from cxrmesh.models.spec import ENSEMBLE_WEIGHTS_FILE
 
     if not weights.is_dir():
         _fail(f"no weights directory {weights}; run `cxrmesh train` first")
@@ -207,7 +207,7 @@ def real_report(
     out: Annotated[Path, typer.Option("--out")] = Path("docs/real-radiograph-models.png"),
 ) -> None:
     """Run the exported models on the real pydicom-data radiograph and draw what they found."""
-    from cxrmesh.reports import real_radiograph_report
+    from cxrmesh.reporting.real_radiograph import real_radiograph_report
 
     try:
         typer.echo(json.dumps(real_radiograph_report(repository, out), indent=2))
@@ -222,7 +222,7 @@ def models_demo(
     n: Annotated[int, typer.Option("--n", min=1, max=200)] = 6,
 ) -> None:
     """Start tritonserver (CPU profile) on the repository and run corpus studies through it over gRPC."""
-    from cxrmesh.models_demo import run
+    from cxrmesh.local.triton_demo import run
 
     if not (corpus / "manifest.jsonl").is_file():
         _fail(f"{corpus} is not a corpus (no manifest.jsonl)")
@@ -260,7 +260,7 @@ def up(
     timeout: Annotated[float, typer.Option("--timeout", min=10, help="Seconds to wait per part.")] = 300,
 ) -> None:
     """Start the local mesh (broker, Milvus Lite, tritonserver, services) and wait until healthy."""
-    from cxrmesh.mesh import Mesh, MeshError
+    from cxrmesh.local.mesh import Mesh, MeshError
 
     if ports not in ("fixed", "auto"):
         _fail("--ports must be 'fixed' or 'auto'")
@@ -275,7 +275,7 @@ def up(
 @app.command()
 def down(home: HomeOpt = MESH_HOME) -> None:
     """Stop the local mesh started from ``--home`` (services first, then Triton, Milvus, broker)."""
-    from cxrmesh.mesh import Mesh
+    from cxrmesh.local.mesh import Mesh
 
     stopped = Mesh(home).down()
     typer.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
@@ -284,7 +284,7 @@ def down(home: HomeOpt = MESH_HOME) -> None:
 @app.command()
 def status(home: HomeOpt = MESH_HOME) -> None:
     """Processes of the local mesh with their health; exit 1 if any is not healthy."""
-    from cxrmesh.mesh import Mesh
+    from cxrmesh.local.mesh import Mesh
 
     rows = Mesh(home).status()
     if not rows:
@@ -312,7 +312,7 @@ def ingest(
     from tqdm import tqdm
 
     from cxrmesh.client import dicom_files, ingest_file, manifest_headers
-    from cxrmesh.mesh import MeshState
+    from cxrmesh.local.mesh import MeshState
     from cxrmesh.v1 import ingestion_pb2_grpc
 
     if not target:
@@ -351,8 +351,8 @@ def demo(
     ] = 6,
 ) -> None:
     """The whole system end to end on the local mesh: ingest, follow every study, report."""
-    from cxrmesh.demo import run
-    from cxrmesh.mesh import MeshError
+    from cxrmesh.local.demo import run
+    from cxrmesh.local.mesh import MeshError
 
     try:
         result = run(out, n=n, new=new, say=typer.echo)

@@ -10,7 +10,7 @@ from typing import Any
 
 import grpc
 
-from cxrmesh.services import convert
+from cxrmesh.contracts import convert
 from cxrmesh.synth.corpus import manifest_clinical
 from cxrmesh.v1 import common_pb2, ingestion_pb2, ingestion_pb2_grpc
 

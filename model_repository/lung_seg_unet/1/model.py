@@ -3,7 +3,7 @@
 One generic implementation, copied as ``<model>/<version>/model.py`` for every ONNX model of the
 CPU serving profile (``configs/cpu.pbtxt``). Everything model-specific - tensor names, dtypes, dims,
 max batch size - comes from the Triton model config, which the repository writer derives from
-``cxrmesh.models.spec``; this file states none of it. It runs inside the python-backend stub, so it
+``cxrmesh.contracts.tensors``; this file states none of it. It runs inside the python-backend stub, so it
 imports only numpy, onnxruntime and ``triton_python_backend_utils``.
 
 Config parameters (all optional, string values):

@@ -23,8 +23,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
+from cxrmesh.contracts.errors import ServiceError
 from cxrmesh.runtime import metrics
-from cxrmesh.runtime.errors import ServiceError
 from cxrmesh.runtime.log import configure_logging
 from cxrmesh.runtime.settings import ServiceSettings
 

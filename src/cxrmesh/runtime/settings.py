@@ -78,7 +78,7 @@ class PseudonymKeySettings(ServiceSettings):
     @classmethod
     def _long_enough(cls, value: SecretStr) -> SecretStr:
         """Refuse a short key at start-up rather than at the first study."""
-        from cxrmesh.ingest.deid import MIN_SECRET_BYTES
+        from cxrmesh.dicom.deid import MIN_SECRET_BYTES
 
         if len(value.get_secret_value().encode()) < MIN_SECRET_BYTES:
             raise ValueError(f"must be at least {MIN_SECRET_BYTES} bytes (e.g. `openssl rand -hex 32`)")
@@ -123,8 +123,8 @@ class SegmentationSettings(ServiceSettings):
     seg_model: str = "lung_seg_ensemble"
 
 
-class LandmarkSettings(ServiceSettings):
-    service: str = "landmarks"
+class QuantificationSettings(ServiceSettings):
+    service: str = "quantification"
     grpc_port: int = 50055
     metrics_port: int = 9465
     landmark_model: str = "cxr_landmarks"

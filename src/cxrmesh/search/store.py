@@ -48,8 +48,8 @@ from pymilvus.exceptions import (
 )
 from pymilvus.grpc_gen import common_pb2
 
+from cxrmesh.contracts.labels import DIAGNOSES
 from cxrmesh.search.errors import InvalidQuery, NotFound, SchemaMismatch, StoreError, StoreUnavailable
-from cxrmesh.search.vote import DIAGNOSES
 
 _LOG = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -1,6 +1,6 @@
 """Diagnosis by a similarity-weighted vote of the nearest labelled prior cases.
 
-The rule is the one ``retrieval_metrics`` in ``cxrmesh.models.train`` reports as ``vote_accuracy_at_10``
+The rule is the one ``retrieval_metrics`` in ``cxrmesh.ml.train`` reports as ``vote_accuracy_at_10``
 (the number a model is accepted on), so what the service answers is what training measured:
 
 * the top-k neighbours by cosine similarity (there: the whole gallery is labelled, so "top-k" and "top-k
@@ -19,13 +19,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from cxrmesh.contracts.labels import DIAGNOSES  # the order decides ties
 from cxrmesh.search.errors import InvalidQuery
 
 if TYPE_CHECKING:
     from cxrmesh.search.store import Neighbour
-
-# Same order as DIAGNOSIS_INDEX in cxrmesh.models.train: the order decides ties.
-DIAGNOSES: tuple[str, ...] = ("normal", "covid19", "other_pneumonia")
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
-from cxrmesh.contract import MODEL_SIZE
-from cxrmesh.imaging.pixels import letterbox
-from cxrmesh.regions import Lung
+from cxrmesh.analysis.pixels import letterbox
+from cxrmesh.analysis.regions import Lung
+from cxrmesh.contracts.preprocessing import MODEL_SIZE
 from cxrmesh.synth.corpus import read_manifest, read_training_copy
 
 LUNG_COLOURS = {Lung.RIGHT: (255, 70, 70), Lung.LEFT: (70, 150, 255)}
@@ -104,7 +104,7 @@ def real_radiograph(name: str = "RG1_UNCR.dcm") -> tuple[np.ndarray, dict[str, A
     import pydicom
     from pydicom.data import get_testdata_file
 
-    from cxrmesh.imaging.pixels import to_display
+    from cxrmesh.analysis.pixels import to_display
 
     path = get_testdata_file(name)
     if path is None:

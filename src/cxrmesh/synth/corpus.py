@@ -11,7 +11,7 @@ Layout of ``out/``::
     manifest.jsonl               one row per study, keyed by SOP Instance UID (see docs/synthetic-data.md)
     images/<uid>.png             training copy: 16-bit, MODEL_SIZE^2, display values (1 = white)
     truth/<uid>_lungs.png        0 background, 1 right lung, 2 left lung (model frame)
-    truth/<uid>_regions.png      0 background, 1 RU, 2 RL, 3 LU, 4 LL (cxrmesh.regions)
+    truth/<uid>_regions.png      0 background, 1 RU, 2 RL, 3 LU, 4 LL (cxrmesh.analysis.regions)
     truth/<uid>_opacity.png      0 clear, else RALE density (1-3) of the opacity at that pixel
     dicom/<site>/<patient>/<study>.dcm   full-resolution CR/DX with fake PHI (unless --no-dicom)
 """
@@ -34,9 +34,9 @@ import numpy as np
 from PIL import Image
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 
-from cxrmesh.contract import MODEL_SIZE, TRAINING_COPY_MAX
-from cxrmesh.imaging.pixels import Letterbox, PixelModule, letterbox, letterbox_labels, to_display
-from cxrmesh.regions import split_regions
+from cxrmesh.analysis.pixels import Letterbox, PixelModule, letterbox, letterbox_labels, to_display
+from cxrmesh.analysis.regions import split_regions
+from cxrmesh.contracts.preprocessing import MODEL_SIZE, TRAINING_COPY_MAX
 from cxrmesh.synth import clinical
 from cxrmesh.synth.anatomy import PatientAnatomy, StudyPose, lung_geometry, sample_anatomy, sample_pose
 from cxrmesh.synth.atlas import load_atlas
@@ -436,7 +436,7 @@ def manifest_clinical(row: dict[str, Any]) -> dict[str, float] | None:
 
     The one reading of the dataset layout's clinical fields, for training and for ingestion clients.
     """
-    from cxrmesh.models.spec import CLINICAL_FEATURES
+    from cxrmesh.contracts.tensors import CLINICAL_FEATURES
 
     clin, demo = row.get("clinical"), row.get("demographics")
     if not clin or not demo:

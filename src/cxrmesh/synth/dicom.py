@@ -28,7 +28,7 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import format_number_as_ds
 
-from cxrmesh.imaging.pixels import PixelModule
+from cxrmesh.analysis.pixels import PixelModule
 from cxrmesh.synth.phi import PatientPHI, StudyPHI, institution_address, site_code
 from cxrmesh.synth.sites import Site
 

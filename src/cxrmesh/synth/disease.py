@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cxrmesh.regions import REGION_KEYS, Region
+from cxrmesh.analysis.regions import REGION_KEYS, Region
 from cxrmesh.synth.filters import smooth, smooth_noise
 
 DIAGNOSES = ("normal", "covid19", "other_pneumonia")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from cxrmesh.regions import Lung, split_regions
+from cxrmesh.analysis.regions import Lung, split_regions
 from cxrmesh.synth.anatomy import Geometry, PatientAnatomy, StudyPose
 from cxrmesh.synth.disease import Rale, render_opacity
 from cxrmesh.synth.filters import edge_distance, smooth, smooth_noise

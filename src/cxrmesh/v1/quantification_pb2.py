@@ -26,7 +26,7 @@ from cxrmesh.v1 import common_pb2 as cxrmesh_dot_v1_dot_common__pb2
 from cxrmesh.v1 import events_pb2 as cxrmesh_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x63xrmesh/v1/quantification.proto\x12\ncxrmesh.v1\x1a\x17\x63xrmesh/v1/common.proto\x1a\x17\x63xrmesh/v1/events.proto\"-\n\x18GetQuantificationRequest\x12\x11\n\tstudy_key\x18\x01 \x01(\t\"\xb5\x01\n\x0c\x44icomOutputs\x12\x11\n\tstudy_key\x18\x01 \x01(\t\x12\x14\n\x0csegmentation\x18\x02 \x01(\x0c\x12\x19\n\x11structured_report\x18\x03 \x01(\x0c\x12-\n\x10segmentation_ref\x18\x04 \x01(\x0b\x32\x13.cxrmesh.v1.BlobRef\x12\x32\n\x15structured_report_ref\x18\x05 \x01(\x0b\x32\x13.cxrmesh.v1.BlobRef2\xbc\x01\n\x0fLandmarkService\x12V\n\x11GetQuantification\x12$.cxrmesh.v1.GetQuantificationRequest\x1a\x1b.cxrmesh.v1.StudyQuantified\x12Q\n\x0fGetDicomOutputs\x12$.cxrmesh.v1.GetQuantificationRequest\x1a\x18.cxrmesh.v1.DicomOutputsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x63xrmesh/v1/quantification.proto\x12\ncxrmesh.v1\x1a\x17\x63xrmesh/v1/common.proto\x1a\x17\x63xrmesh/v1/events.proto\"-\n\x18GetQuantificationRequest\x12\x11\n\tstudy_key\x18\x01 \x01(\t\"\xb5\x01\n\x0c\x44icomOutputs\x12\x11\n\tstudy_key\x18\x01 \x01(\t\x12\x14\n\x0csegmentation\x18\x02 \x01(\x0c\x12\x19\n\x11structured_report\x18\x03 \x01(\x0c\x12-\n\x10segmentation_ref\x18\x04 \x01(\x0b\x32\x13.cxrmesh.v1.BlobRef\x12\x32\n\x15structured_report_ref\x18\x05 \x01(\x0b\x32\x13.cxrmesh.v1.BlobRef2\xc2\x01\n\x15QuantificationService\x12V\n\x11GetQuantification\x12$.cxrmesh.v1.GetQuantificationRequest\x1a\x1b.cxrmesh.v1.StudyQuantified\x12Q\n\x0fGetDicomOutputs\x12$.cxrmesh.v1.GetQuantificationRequest\x1a\x18.cxrmesh.v1.DicomOutputsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,6 +37,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETQUANTIFICATIONREQUEST']._serialized_end=142
   _globals['_DICOMOUTPUTS']._serialized_start=145
   _globals['_DICOMOUTPUTS']._serialized_end=326
-  _globals['_LANDMARKSERVICE']._serialized_start=329
-  _globals['_LANDMARKSERVICE']._serialized_end=517
+  _globals['_QUANTIFICATIONSERVICE']._serialized_start=329
+  _globals['_QUANTIFICATIONSERVICE']._serialized_end=523
 # @@protoc_insertion_point(module_scope)

@@ -26,7 +26,7 @@ if _version_not_supported:
     )
 
 
-class LandmarkServiceStub:
+class QuantificationServiceStub:
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -36,18 +36,18 @@ class LandmarkServiceStub:
             channel: A grpc.Channel.
         """
         self.GetQuantification = channel.unary_unary(
-                '/cxrmesh.v1.LandmarkService/GetQuantification',
+                '/cxrmesh.v1.QuantificationService/GetQuantification',
                 request_serializer=cxrmesh_dot_v1_dot_quantification__pb2.GetQuantificationRequest.SerializeToString,
                 response_deserializer=cxrmesh_dot_v1_dot_events__pb2.StudyQuantified.FromString,
                 _registered_method=True)
         self.GetDicomOutputs = channel.unary_unary(
-                '/cxrmesh.v1.LandmarkService/GetDicomOutputs',
+                '/cxrmesh.v1.QuantificationService/GetDicomOutputs',
                 request_serializer=cxrmesh_dot_v1_dot_quantification__pb2.GetQuantificationRequest.SerializeToString,
                 response_deserializer=cxrmesh_dot_v1_dot_quantification__pb2.DicomOutputs.FromString,
                 _registered_method=True)
 
 
-class LandmarkServiceServicer:
+class QuantificationServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def GetQuantification(self, request, context):
@@ -63,7 +63,7 @@ class LandmarkServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
 
-def add_LandmarkServiceServicer_to_server(servicer, server):
+def add_QuantificationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'GetQuantification': grpc.unary_unary_rpc_method_handler(
                     servicer.GetQuantification,
@@ -77,13 +77,13 @@ def add_LandmarkServiceServicer_to_server(servicer, server):
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'cxrmesh.v1.LandmarkService', rpc_method_handlers)
+            'cxrmesh.v1.QuantificationService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('cxrmesh.v1.LandmarkService', rpc_method_handlers)
+    server.add_registered_method_handlers('cxrmesh.v1.QuantificationService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class LandmarkService:
+class QuantificationService:
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
@@ -100,7 +100,7 @@ class LandmarkService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/cxrmesh.v1.LandmarkService/GetQuantification',
+            '/cxrmesh.v1.QuantificationService/GetQuantification',
             cxrmesh_dot_v1_dot_quantification__pb2.GetQuantificationRequest.SerializeToString,
             cxrmesh_dot_v1_dot_events__pb2.StudyQuantified.FromString,
             options,
@@ -127,7 +127,7 @@ class LandmarkService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/cxrmesh.v1.LandmarkService/GetDicomOutputs',
+            '/cxrmesh.v1.QuantificationService/GetDicomOutputs',
             cxrmesh_dot_v1_dot_quantification__pb2.GetQuantificationRequest.SerializeToString,
             cxrmesh_dot_v1_dot_quantification__pb2.DicomOutputs.FromString,
             options,

@@ -1,3 +1,0 @@
-from cxrmesh.services.landmarks.service import main
-
-main()

@@ -1,0 +1,3 @@
+from cxrmesh.services.quantification.service import main
+
+main()

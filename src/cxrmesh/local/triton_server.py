@@ -1,0 +1,313 @@
+"""Start a real ``tritonserver`` on a cxrmesh model repository from Python (tests, benchmarks, cxrmesh up).
+
+On a CPU machine the server is the one inside the ``nvidia-pytriton`` wheel. That wheel ships the
+python backend without its stub: the stub for the running Python (``python_backend_stubs/3.X/``) must
+sit beside ``libtriton_python.so``, so ``prepare_backends`` assembles a backend directory in a cache
+folder and the server gets ``--backend-directory``. The copied stub loses its ``$ORIGIN`` rpath, so
+``nvidia_pytriton.libs`` goes on ``LD_LIBRARY_PATH``; and the stub embeds Python but takes its
+packages (numpy<2, onnxruntime) from the first ``python3`` on ``PATH``, so this interpreter's ``bin``
+goes first on ``PATH``. On a GPU host (``profile="gpu"``) a system ``tritonserver`` (the NGC container's,
+with the TensorRT backend) is preferred and used with its own backends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cxrmesh.local.ports import free_port
+
+CPU_PROFILE = "cpu"
+GPU_PROFILE = "gpu"
+STUB = "triton_python_backend_stub"
+ENV_SERVER = "CXRMESH_TRITONSERVER"  # path to a tritonserver binary, overrides discovery
+ENV_CACHE = "CXRMESH_CACHE_DIR"
+
+
+def _pytriton_dist() -> Path | None:
+    """``site-packages/pytriton/tritonserver`` without importing pytriton (which is slow and chatty)."""
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    dist = Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
+    return dist if dist.is_dir() else None
+
+
+def _wheel_libs() -> Path | None:
+    dist = _pytriton_dist()
+    libs = dist.parent.parent / "nvidia_pytriton.libs" if dist else None
+    return libs if libs and libs.is_dir() else None
+
+
+def default_cache_dir() -> Path:
+    """``$CXRMESH_CACHE_DIR`` or ``~/.cache/cxrmesh``: where the assembled backend directory lives."""
+    env = os.environ.get(ENV_CACHE)
+    return Path(env) if env else Path.home() / ".cache" / "cxrmesh"
+
+
+def find_tritonserver(prefer_system: bool = False) -> Path:
+    """The ``tritonserver`` binary: ``$CXRMESH_TRITONSERVER``, else the pytriton wheel's, else ``PATH``'s.
+
+    ``prefer_system`` puts ``PATH`` before the wheel - for GPU hosts, whose server has TensorRT.
+    """
+    env = os.environ.get(ENV_SERVER)
+    if env:
+        path = Path(env)
+        if not path.is_file():
+            raise FileNotFoundError(f"{ENV_SERVER}={env} is not a file")
+        return path
+    dist = _pytriton_dist()
+    wheel = dist / "bin" / "tritonserver" if dist else None
+    system = shutil.which("tritonserver")
+    candidates = [system, wheel] if prefer_system else [wheel, system]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    raise FileNotFoundError(
+        "no tritonserver found: install nvidia-pytriton (CPU) or run in the Triton container (GPU), "
+        f"or set {ENV_SERVER}"
+    )
+
+
+def is_wheel_server(server: Path) -> bool:
+    """Whether ``server`` is the pytriton wheel's binary (which needs our backend directory and libs)."""
+    dist = _pytriton_dist()
+    return dist is not None and server.resolve() == (dist / "bin" / "tritonserver").resolve()
+
+
+def prepare_backends(cache: Path) -> Path:
+    """Assemble the wheel's backends plus this Python's stub under ``cache``; returns the backend directory.
+
+    The directory name hashes its sources, so a new pytriton or Python gets a fresh one, and it is built
+    in a temporary sibling and renamed into place, so concurrent callers (pytest-xdist) never see half of it.
+    """
+    dist = _pytriton_dist()
+    if dist is None:
+        raise FileNotFoundError(
+            "nvidia-pytriton is not installed: its tritonserver and python backend are needed"
+        )
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = dist / "python_backend_stubs" / version / STUB
+    if not stub.is_file():
+        raise FileNotFoundError(f"nvidia-pytriton has no python backend stub for Python {version} ({stub})")
+    sources = sorted(
+        p for p in (dist / "backends").rglob("*") if p.is_file() and "__pycache__" not in p.parts
+    )
+    digest = hashlib.sha256()
+    for path in [stub, *sources]:
+        stat = path.stat()
+        digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    target = cache / "triton" / f"backends-py{version}-{digest.hexdigest()[:12]}"
+    if (target / "python" / STUB).is_file():
+        return target
+
+    cache.joinpath("triton").mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".backends-", dir=cache / "triton"))
+    try:
+        shutil.copytree(
+            dist / "backends", staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__")
+        )
+        shutil.copy2(stub, staging / "python" / STUB)
+        (staging / "python" / STUB).chmod(0o755)
+        with contextlib.suppress(OSError):  # another process won the race: its copy is identical
+            staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _libpython_dir() -> str | None:
+    """This interpreter's libpython directory, when it has a shared libpython the stub can load."""
+    libdir, soname = sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("INSTSONAME")
+    if libdir and soname and (Path(libdir) / soname).exists():
+        return libdir
+    return None
+
+
+def server_command(
+    repo: Path,
+    http_port: int,
+    grpc_port: int,
+    metrics_port: int,
+    profile: str = CPU_PROFILE,
+    explicit: bool = False,
+    *,
+    address: str = "127.0.0.1",
+    load_models: Sequence[str] = ("*",),
+    server: Path | None = None,
+    cache: Path | None = None,
+    exit_timeout_s: int = 30,
+    log_verbose: int = 0,
+    extra_args: Sequence[str] = (),
+) -> tuple[list[str], dict[str, str]]:
+    """The argv and environment that start ``tritonserver`` on ``repo`` in the given serving profile.
+
+    ``profile="cpu"`` selects ``configs/cpu.pbtxt`` (``--model-config-name=cpu``); ``"gpu"`` the default
+    ``config.pbtxt``. ``explicit`` turns on explicit model control (load/unload over the API) and loads
+    ``load_models`` at start (``"*"`` = all). The server exits if any model fails to load.
+    """
+    if profile not in (CPU_PROFILE, GPU_PROFILE):
+        raise ValueError(f"profile must be '{CPU_PROFILE}' or '{GPU_PROFILE}', not {profile!r}")
+    numpy_version = importlib.metadata.version("numpy")
+    if int(numpy_version.split(".")[0]) >= 2:
+        raise RuntimeError(f"the Triton python backend here needs numpy<2 (found {numpy_version})")
+    server = server or find_tritonserver(prefer_system=profile == GPU_PROFILE)
+    argv = [
+        str(server),
+        f"--model-repository={Path(repo).resolve()}",
+        f"--http-address={address}",
+        f"--http-port={http_port}",
+        f"--grpc-address={address}",
+        f"--grpc-port={grpc_port}",
+        f"--metrics-address={address}",
+        f"--metrics-port={metrics_port}",
+        "--strict-readiness=true",
+        "--exit-on-error=true",
+        f"--exit-timeout-secs={exit_timeout_s}",
+        f"--log-verbose={log_verbose}",
+        # Python-backend tensors travel through /dev/shm; grow the region in large steps (member_probs
+        # for a batch of 16 is 63 MB) instead of the default 1 MB ones.
+        "--backend-config=python,shm-default-byte-size=16777216",
+        "--backend-config=python,shm-growth-byte-size=16777216",
+    ]
+    if profile == CPU_PROFILE:
+        # No CUDA: skip the pinned-memory pool (it only logs a warning) and GPU metrics.
+        argv += [
+            f"--model-config-name={CPU_PROFILE}",
+            "--allow-gpu-metrics=false",
+            "--pinned-memory-pool-byte-size=0",
+        ]
+    if explicit:
+        argv += ["--model-control-mode=explicit", *(f"--load-model={m}" for m in load_models)]
+
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    if is_wheel_server(server):
+        argv.append(f"--backend-directory={prepare_backends(cache or default_cache_dir())}")
+        libs = [str(p) for p in (_wheel_libs(), _libpython_dir()) if p]
+        env["LD_LIBRARY_PATH"] = os.pathsep.join([*libs, *filter(None, [env.get("LD_LIBRARY_PATH")])])
+    return [*argv, *extra_args], env
+
+
+@dataclass
+class TritonServer:
+    """A started server: its process, endpoints and log."""
+
+    process: subprocess.Popen
+    address: str
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+    log_path: Path
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.address}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.address}:{self.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.address}:{self.metrics_port}/metrics"
+
+    def log(self, tail: int | None = None) -> str:
+        """The server's output so far (its last ``tail`` characters)."""
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return text[-tail:] if tail else text
+
+
+def _wait_ready(server: TritonServer, timeout_s: float) -> None:
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    deadline = time.monotonic() + timeout_s
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        while True:
+            if server.process.poll() is not None:
+                raise RuntimeError(
+                    f"tritonserver exited with status {server.process.returncode} before it was ready; "
+                    f"log ({server.log_path}):\n{server.log(20000)}"
+                )
+            with contextlib.suppress(InferenceServerException):
+                if client.is_server_ready():
+                    return
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"tritonserver not ready after {timeout_s:.0f} s; "
+                    f"log ({server.log_path}):\n{server.log(20000)}"
+                )
+            time.sleep(0.2)
+
+
+def stop_server(process: subprocess.Popen, timeout_s: float = 30.0) -> None:
+    """SIGINT (Triton's graceful shutdown, which also ends its python stubs), then SIGTERM, then SIGKILL."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout_s)
+        return
+    except subprocess.TimeoutExpired:
+        process.terminate()
+    try:
+        process.wait(5.0)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@contextlib.contextmanager
+def running_server(
+    repo: Path,
+    *,
+    profile: str = CPU_PROFILE,
+    explicit: bool = False,
+    address: str = "127.0.0.1",
+    ports: tuple[int, int, int] | None = None,
+    ready_timeout_s: float = 120.0,
+    log_path: Path | None = None,
+    **command_kwargs: object,
+) -> Iterator[TritonServer]:
+    """Start ``tritonserver`` on ``repo``, wait until it and all its models are ready, and stop it on exit.
+
+    ``ports`` is (http, grpc, metrics); free loopback ports by default. The server's output goes to
+    ``log_path`` (a temporary file by default, removed after a clean run) and is quoted in any error.
+    """
+    http_port, grpc_port, metrics_port = ports or (free_port(address), free_port(address), free_port(address))
+    argv, env = server_command(
+        repo, http_port, grpc_port, metrics_port, profile, explicit, address=address, **command_kwargs
+    )
+    own_log = log_path is None
+    if log_path is None:
+        fd, name = tempfile.mkstemp(prefix="tritonserver-", suffix=".log")
+        os.close(fd)
+        log_path = Path(name)
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+    server = TritonServer(process, address, http_port, grpc_port, metrics_port, log_path)
+    clean = False
+    try:
+        _wait_ready(server, ready_timeout_s)
+        yield server
+        clean = True
+    finally:
+        stop_server(process)
+        if own_log and clean:
+            log_path.unlink(missing_ok=True)

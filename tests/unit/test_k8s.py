@@ -1,0 +1,643 @@
+"""Offline checks of the Kubernetes deployment (k8s/) and the container build files (docker/).
+
+No cluster and no Docker here: these tests parse every manifest and compare it with the code - the
+services that exist, their pydantic settings classes (``cxrmesh.runtime.settings``), their ports and
+the Kafka partition count - and check the kustomizations, probes, secrets, security and network
+policy. ``kubectl kustomize`` renders the overlays when kubectl (or kustomize) is installed, and
+``kubernetes-validate`` checks every object against the Kubernetes 1.27 schema when it is installed;
+each of those tests is skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import os
+import re
+import shutil
+import subprocess
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import SecretStr
+
+from cxrmesh.contracts import topics
+from cxrmesh.local import mesh
+from cxrmesh.runtime import settings as settings_module
+from cxrmesh.runtime.settings import ServiceSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "k8s"
+BASE = K8S / "base"
+OVERLAYS = sorted(p.parent for p in (K8S / "overlays").glob("*/kustomization.yaml"))
+SERVICES_DIR = ROOT / "services"
+DOCKER = ROOT / "docker"
+
+WORKLOAD_KINDS = ("Deployment", "StatefulSet")
+SERVICE_COMMAND = re.compile(r"^cxrmesh\.services\.(\w+)$")
+MIN_K8S = "1.27.0"  # gRPC probes are GA from 1.27
+SERVICES_UID = 10001  # USER of docker/Dockerfile.services, runAsUser of the manifests
+# Stateful in a way a second replica would break (see the comments in their manifests): never autoscaled.
+NOT_AUTOSCALED = {"ingestion", "prognosis", "studyview"}
+PLACEHOLDER = re.compile(r"^<[^<>]+>$")
+SECRET_LIKE = re.compile(r"SECRET|TOKEN|PASSWORD|ACCESS_KEY|PRIVATE")
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+
+def load_docs(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def kustomization(directory: Path) -> dict[str, Any]:
+    return load_docs(directory / "kustomization.yaml")[0]
+
+
+def referenced_paths(directory: Path) -> Iterator[tuple[Path, str]]:
+    """(path, field) of every file or directory a kustomization names, relative paths resolved."""
+    k = kustomization(directory)
+    for field in ("resources", "components", "crds"):
+        for entry in k.get(field) or []:
+            yield (directory / entry).resolve(), field
+    for patch in k.get("patches") or []:
+        if "path" in patch:
+            yield (directory / patch["path"]).resolve(), "patches"
+    for field in ("patchesStrategicMerge", "patchesJson6902"):
+        for entry in k.get(field) or []:
+            yield (directory / (entry["path"] if isinstance(entry, dict) else entry)).resolve(), field
+    for gen in (k.get("configMapGenerator") or []) + (k.get("secretGenerator") or []):
+        for entry in (gen.get("files") or []) + (gen.get("envs") or []):
+            yield (directory / entry.split("=", 1)[-1]).resolve(), "generator"
+
+
+@functools.cache
+def base_docs() -> tuple[dict[str, Any], ...]:
+    """Every object of the base kustomization, in order (its resources are files)."""
+    docs: list[dict[str, Any]] = []
+    for path, field in referenced_paths(BASE):
+        if field == "resources":
+            docs.extend(load_docs(path))
+    return tuple(docs)
+
+
+def of_kind(docs: tuple[dict[str, Any], ...] | list[dict[str, Any]], *kinds: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d.get("kind") in kinds]
+
+
+def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
+    return workload["spec"]["template"]["spec"]
+
+
+def all_containers(workload: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = pod_spec(workload)
+    return list(spec.get("initContainers") or []) + list(spec["containers"])
+
+
+def service_name(container: dict[str, Any]) -> str | None:
+    """``X`` of a container running ``python -m cxrmesh.services.X`` (else None)."""
+    cmd = [*(container.get("command") or []), *(container.get("args") or [])]
+    if len(cmd) == 3 and cmd[0] in ("python", "python3") and cmd[1] == "-m":
+        found = SERVICE_COMMAND.match(cmd[2])
+        return found.group(1) if found else None
+    return None
+
+
+@functools.cache
+def service_workloads() -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """service name -> (workload, its service container)."""
+    found: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+    for workload in of_kind(base_docs(), *WORKLOAD_KINDS):
+        for container in pod_spec(workload)["containers"]:
+            name = service_name(container)
+            if name:
+                assert name not in found, f"two workloads run the {name} service"
+                found[name] = (workload, container)
+    return found
+
+
+def service_packages() -> set[str]:
+    return {p.parent.name for p in SERVICES_DIR.glob("*/__main__.py")}
+
+
+def settings_class(service: str) -> type[ServiceSettings]:
+    """The settings class whose ``service`` default is ``service``."""
+    classes = [
+        cls
+        for cls in vars(settings_module).values()
+        if isinstance(cls, type)
+        and issubclass(cls, ServiceSettings)
+        and cls is not ServiceSettings
+        and cls.model_fields["service"].default == service
+    ]
+    assert len(classes) == 1, f"expected one settings class for {service}, found {classes}"
+    return classes[0]
+
+
+def env_name(cls: type[ServiceSettings], field: str) -> str:
+    return f"{cls.model_config.get('env_prefix', '')}{field}".upper()
+
+
+def env_fields(cls: type[ServiceSettings]) -> dict[str, str]:
+    """CXRMESH_* variable -> settings field."""
+    return {env_name(cls, f): f for f in cls.model_fields}
+
+
+def secret_fields(cls: type[ServiceSettings]) -> set[str]:
+    return {f for f, info in cls.model_fields.items() if info.annotation is SecretStr}
+
+
+@functools.cache
+def direct_env_reads() -> frozenset[str]:
+    """CXRMESH_* variables the code reads from os.environ itself (not settings fields), e.g. S3_ENDPOINT."""
+    patterns = [
+        re.compile(r"environ(?:\.get)?\(\s*[\"'](CXRMESH_\w+)[\"']"),
+        re.compile(r"environ\[\s*[\"'](CXRMESH_\w+)[\"']\s*\]"),
+        re.compile(r"^\s*ENV_\w+\s*=\s*[\"'](CXRMESH_\w+)[\"']", re.M),
+    ]
+    names: set[str] = set()
+    for folder in ("src", "services", "export"):
+        for path in (ROOT / folder).rglob("*.py"):
+            text = path.read_text()
+            for pattern in patterns:
+                names.update(pattern.findall(text))
+    return frozenset(names)
+
+
+def config_maps() -> dict[str, dict[str, str]]:
+    return {d["metadata"]["name"]: d.get("data") or {} for d in of_kind(base_docs(), "ConfigMap")}
+
+
+def container_env(container: dict[str, Any]) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+    """(literal values from envFrom ConfigMaps then env, valueFrom sources by name)."""
+    maps = config_maps()
+    values: dict[str, str] = {}
+    refs: dict[str, dict[str, Any]] = {}
+    for source in container.get("envFrom") or []:
+        ref = source.get("configMapRef")
+        assert ref, f"{container['name']}: envFrom only from ConfigMaps (secrets by key, see the template)"
+        assert ref["name"] in maps, f"{container['name']}: no ConfigMap {ref['name']} in the base"
+        values.update(maps[ref["name"]])
+    for item in container.get("env") or []:
+        if "value" in item:
+            values[item["name"]] = str(item["value"])
+            refs.pop(item["name"], None)
+        else:
+            refs[item["name"]] = item["valueFrom"]
+            values.pop(item["name"], None)
+    return values, refs
+
+
+def effective_settings(service: str, container: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The service's settings as the pod would build them (secrets as placeholders)."""
+    for key in list(os.environ):
+        if key.startswith("CXRMESH_"):
+            monkeypatch.delenv(key)
+    cls = settings_class(service)
+    fields = env_fields(cls)
+    values, refs = container_env(container)
+    kwargs: dict[str, Any] = {fields[k]: v for k, v in values.items() if k in fields}
+    kwargs.update({fields[k]: "value-from-a-kubernetes-secret" for k in refs if k in fields})
+    return cls(**kwargs)
+
+
+def grpc_probe_port(probe: dict[str, Any] | None) -> int | None:
+    return probe["grpc"]["port"] if probe and "grpc" in probe else None
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def named_ports(container: dict[str, Any]) -> dict[str, int]:
+    return {p["name"]: p["containerPort"] for p in container.get("ports") or [] if "name" in p}
+
+
+# --------------------------------------------------------------------------------------------- structure
+
+
+def test_every_yaml_parses_into_kubernetes_objects() -> None:
+    files = sorted(K8S.rglob("*.yaml")) + sorted(K8S.rglob("*.yml"))
+    assert len(files) > 10
+    for path in files:
+        docs = load_docs(path)  # raises on invalid YAML
+        assert docs, f"{path} is empty"
+        if path.name == "kustomization.yaml":
+            assert docs[0].get("kind", "Kustomization") in ("Kustomization", "Component")
+            continue
+        if isinstance(docs[0], list):  # an RFC 6902 JSON patch
+            assert all({"op", "path"} <= set(op) for op in docs[0]), path
+            continue
+        for doc in docs:
+            assert {"apiVersion", "kind", "metadata"} <= set(doc), f"{path}: {doc.get('kind')}"
+            assert doc["metadata"].get("name"), f"{path}: {doc['kind']} without a name"
+
+
+def test_kustomizations_reference_files_that_exist() -> None:
+    dirs = [BASE, *OVERLAYS]
+    assert {p.name for p in OVERLAYS} >= {"cpu", "gpu"}
+    for directory in dirs:
+        for path, field in referenced_paths(directory):
+            assert path.exists(), f"{directory / 'kustomization.yaml'}: {field} {path} does not exist"
+            if path.is_dir():
+                assert (path / "kustomization.yaml").is_file(), f"{path} is not a kustomization"
+
+
+def test_base_lists_every_manifest_but_the_secret_template() -> None:
+    listed = {p for p, field in referenced_paths(BASE) if field == "resources"}
+    on_disk = {p.resolve() for p in BASE.rglob("*.yaml") if p.name != "kustomization.yaml"}
+    template = (BASE / "secret.template.yaml").resolve()
+    assert template.is_file()
+    assert template not in listed, "the Secret template must never be applied with its placeholders"
+    assert on_disk - listed == {template}, f"manifests not in the base kustomization: {on_disk - listed}"
+    assert not of_kind(base_docs(), "Secret"), "Secrets are created by hand (k8s/README.md), not applied"
+
+
+def test_namespace_and_unique_names() -> None:
+    k = kustomization(BASE)
+    namespaces = of_kind(base_docs(), "Namespace")
+    assert [n["metadata"]["name"] for n in namespaces] == [k["namespace"]]
+    seen = set()
+    for doc in base_docs():
+        key = (doc["kind"], doc["metadata"]["name"])
+        assert key not in seen, f"duplicate {key}"
+        seen.add(key)
+
+
+# ------------------------------------------------------------------------------------- services vs code
+
+
+def test_every_service_has_a_workload() -> None:
+    manifests = set(service_workloads())
+    assert set(mesh.SERVICES) <= manifests, f"no manifest for {set(mesh.SERVICES) - manifests}"
+    assert service_packages() <= manifests, f"no manifest for {service_packages() - manifests}"
+    assert manifests <= service_packages(), f"manifests run unknown services {manifests - service_packages()}"
+
+
+@pytest.mark.parametrize("service", sorted(service_packages()))
+def test_env_names_are_settings_of_that_service(service: str) -> None:
+    _, container = service_workloads()[service]
+    cls = settings_class(service)
+    known = set(env_fields(cls)) | direct_env_reads()
+    values, refs = container_env(container)
+    unknown = {n for n in [*values, *refs] if n.startswith("CXRMESH_")} - known
+    assert not unknown, f"{service}: {sorted(unknown)} are not settings of {cls.__name__}"
+
+
+def test_shared_config_holds_only_common_settings() -> None:
+    common = set(env_fields(ServiceSettings)) | direct_env_reads()
+    assert "CXRMESH_S3_ENDPOINT" in direct_env_reads()  # the scan finds what blobs.py reads
+    secrets = {env_name(ServiceSettings, f) for f in secret_fields(ServiceSettings)}
+    for cls in ServiceSettings.__subclasses__():
+        secrets |= {env_name(cls, f) for f in secret_fields(cls)}
+    for name, data in config_maps().items():
+        keys = {k for k in data if k.startswith("CXRMESH_")}
+        assert keys <= common, f"ConfigMap {name}: {sorted(keys - common)} are not common settings"
+        assert not keys & secrets, f"ConfigMap {name} holds secrets {sorted(keys & secrets)}"
+        assert not [k for k in data if SECRET_LIKE.search(k)], f"ConfigMap {name} holds a secret-like key"
+
+
+@pytest.mark.parametrize("service", sorted(service_packages()))
+def test_settings_are_complete_and_ports_match(service: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    workload, container = service_workloads()[service]
+    s = effective_settings(service, container, monkeypatch)  # required settings (deid_secret) present
+    ports = named_ports(container)
+    assert ports.get("grpc") == s.grpc_port, f"{service}: container port grpc != CXRMESH_GRPC_PORT"
+    assert ports.get("metrics") == s.metrics_port, f"{service}: port metrics != CXRMESH_METRICS_PORT"
+    assert s.grpc_host in ("0.0.0.0", "::", "[::]"), f"{service}: binds {s.grpc_host}, unreachable to probes"
+    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        probe = container.get(kind)
+        assert kind == "startupProbe" or probe, f"{service}: no {kind}"
+        if probe:
+            assert grpc_probe_port(probe) == s.grpc_port, f"{service}: {kind} is not grpc on the gRPC port"
+    annotations = workload["spec"]["template"]["metadata"].get("annotations") or {}
+    assert annotations.get("prometheus.io/scrape") == "true"
+    assert annotations.get("prometheus.io/port") == str(s.metrics_port)
+    assert annotations.get("prometheus.io/path") == "/metrics"
+
+
+@pytest.mark.parametrize("service", sorted(service_packages()))
+def test_storage_grace_and_endpoints(service: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    workload, container = service_workloads()[service]
+    s = effective_settings(service, container, monkeypatch)
+    mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts") or []}
+    data_dir = str(s.data_dir)
+    assert data_dir in mounts, f"{service}: CXRMESH_DATA_DIR {data_dir} is not a mounted volume"
+    assert "/tmp" in mounts, f"{service}: read-only root filesystem needs a /tmp volume"
+    if service == "ingestion":  # the outbox: a persistent volume per replica
+        assert workload["kind"] == "StatefulSet"
+        claims = {c["metadata"]["name"] for c in workload["spec"].get("volumeClaimTemplates") or []}
+        assert mounts[data_dir] in claims, "ingestion's outbox must be on a per-replica PVC"
+    # blobs are shared across pods and nodes: an S3-compatible store (or an explicit shared file path)
+    assert s.blob_uri.startswith(("s3://", "file:///")), f"{service}: CXRMESH_BLOB_URI {s.blob_uri!r}"
+    if s.blob_uri.startswith("s3://"):
+        dockerfile = (DOCKER / "Dockerfile.services").read_text()
+        assert re.search(r'"\.\[serve,s3\]"|pip install boto3', dockerfile), "s3:// needs boto3 in the image"
+    # SIGTERM: grpc drain (grace_s) + worker joins (grace_s) + the preStop sleep must fit
+    pre_stop = (((container.get("lifecycle") or {}).get("preStop") or {}).get("exec") or {}).get("command")
+    sleep = float(pre_stop[-1]) if pre_stop and pre_stop[0] == "sleep" else 0.0
+    grace = pod_spec(workload).get("terminationGracePeriodSeconds", 30)
+    assert grace > 2 * s.grace_s + sleep, f"{service}: terminationGracePeriodSeconds {grace} too short"
+    services = {d["metadata"]["name"]: d for d in of_kind(base_docs(), "Service")}
+    triton_host, triton_port = s.triton_url.rsplit(":", 1)
+    triton = services[triton_host]
+    assert int(triton_port) in [p["port"] for p in triton["spec"]["ports"] if p["name"] == "grpc"]
+    if hasattr(s, "search_url"):
+        host, port = s.search_url.rsplit(":", 1)
+        assert host == "search" and int(port) == services["search"]["spec"]["ports"][0]["port"]
+    if hasattr(s, "milvus_uri"):
+        assert s.milvus_uri, "search needs a Milvus server (CXRMESH_MILVUS_URI), not Milvus Lite"
+
+
+def test_services_route_to_their_pods() -> None:
+    workloads = of_kind(base_docs(), *WORKLOAD_KINDS)
+    for svc in of_kind(base_docs(), "Service"):
+        selector = svc["spec"]["selector"]
+        targets = [w for w in workloads if selects(selector, w["spec"]["template"]["metadata"]["labels"])]
+        assert len(targets) == 1, f"Service {svc['metadata']['name']} selects {len(targets)} workloads"
+        ports = {}
+        for c in pod_spec(targets[0])["containers"]:
+            ports.update(named_ports(c))
+        for port in svc["spec"]["ports"]:
+            assert port["targetPort"] in ports, f"Service {svc['metadata']['name']}: no port {port['name']}"
+            assert port["port"] == ports[port["targetPort"]], f"{svc['metadata']['name']}: port differs"
+    for w in of_kind(workloads, "StatefulSet"):
+        governing = [
+            s for s in of_kind(base_docs(), "Service") if s["metadata"]["name"] == w["spec"]["serviceName"]
+        ]
+        assert governing and governing[0]["spec"].get("clusterIP") == "None", w["metadata"]["name"]
+
+
+# ----------------------------------------------------------------------------------- secrets, security
+
+
+def test_no_secret_value_is_committed() -> None:
+    for path in K8S.rglob("*.y*ml"):
+        for doc in load_docs(path):
+            if not isinstance(doc, dict) or doc.get("kind") != "Secret":
+                continue
+            values = dict(doc.get("stringData") or {})
+            values.update({k: base64.b64decode(v).decode() for k, v in (doc.get("data") or {}).items()})
+            assert values, f"{path}: empty Secret"
+            for key, value in values.items():
+                assert PLACEHOLDER.match(value), f"{path}: {key} holds a value, not a <placeholder>"
+
+
+def test_secrets_come_from_secret_refs() -> None:
+    for workload in of_kind(base_docs(), *WORKLOAD_KINDS):
+        for container in all_containers(workload):
+            for item in container.get("env") or []:
+                if SECRET_LIKE.search(item["name"]):
+                    assert "secretKeyRef" in (item.get("valueFrom") or {}), (
+                        f"{container['name']}: {item['name']} must come from a Secret"
+                    )
+    for service, (_, container) in service_workloads().items():
+        cls = settings_class(service)
+        _, refs = container_env(container)
+        for field in secret_fields(cls):
+            name = env_name(cls, field)
+            if name in refs:
+                assert "secretKeyRef" in refs[name], f"{service}: {name} not from a Secret"
+
+
+def test_pods_are_locked_down() -> None:
+    for workload in of_kind(base_docs(), *WORKLOAD_KINDS):
+        name = workload["metadata"]["name"]
+        spec = pod_spec(workload)
+        pod_ctx = spec.get("securityContext") or {}
+        assert pod_ctx.get("runAsNonRoot") is True, name
+        assert pod_ctx.get("seccompProfile") == {"type": "RuntimeDefault"}, name
+        assert spec.get("automountServiceAccountToken") is False, name
+        for c in all_containers(workload):
+            ctx = c.get("securityContext") or {}
+            assert ctx.get("allowPrivilegeEscalation") is False, f"{name}/{c['name']}"
+            assert ctx.get("readOnlyRootFilesystem") is True, f"{name}/{c['name']}"
+            assert "ALL" in ((ctx.get("capabilities") or {}).get("drop") or []), f"{name}/{c['name']}"
+            res = c.get("resources") or {}
+            for kind in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(res.get(kind) or {}), f"{name}/{c['name']}: {kind}"
+    uid = f"USER {SERVICES_UID}"
+    assert uid in (DOCKER / "Dockerfile.services").read_text()
+    for workload, _ in service_workloads().values():
+        assert pod_spec(workload)["securityContext"].get("runAsUser") == SERVICES_UID
+
+
+def test_ingestion_phi_stays_in_the_namespace() -> None:
+    policies = of_kind(base_docs(), "NetworkPolicy")
+    workload, container = service_workloads()["ingestion"]
+    labels = workload["spec"]["template"]["metadata"]["labels"]
+    deny = [
+        p
+        for p in policies
+        if p["spec"]["podSelector"] == {}
+        and "Ingress" in p["spec"]["policyTypes"]
+        and not p["spec"].get("ingress")
+    ]
+    assert deny, "a default-deny ingress policy is needed"
+    applying = [p for p in policies if selects(p["spec"]["podSelector"].get("matchLabels") or {}, labels)]
+    for policy in applying:
+        for rule in policy["spec"].get("ingress") or []:
+            ports = {p.get("port") for p in rule.get("ports") or []}
+            if ports and ports <= {"metrics", named_ports(container)["metrics"]}:
+                continue  # Prometheus may scrape from its namespace
+            peers = rule.get("from")
+            assert peers, f"{policy['metadata']['name']}: an ingress rule open to everyone reaches ingestion"
+            for peer in peers:
+                assert set(peer) == {"podSelector"}, (
+                    f"{policy['metadata']['name']}: ingestion's gRPC (identifiable DICOM) open to {peer}"
+                )
+    assert any("Egress" in p["spec"]["policyTypes"] for p in applying), "ingestion egress is not restricted"
+
+
+# ----------------------------------------------------------------------------- availability and scaling
+
+
+def test_every_workload_has_a_disruption_budget() -> None:
+    budgets = of_kind(base_docs(), "PodDisruptionBudget")
+    for workload in of_kind(base_docs(), *WORKLOAD_KINDS):
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        assert any(selects(b["spec"]["selector"]["matchLabels"], labels) for b in budgets), (
+            f"no PodDisruptionBudget for {workload['metadata']['name']}"
+        )
+
+
+def test_autoscalers_respect_the_partition_ceiling() -> None:
+    workloads = {(w["kind"], w["metadata"]["name"]): w for w in of_kind(base_docs(), *WORKLOAD_KINDS)}
+    by_workload = {id(w): name for name, (w, _) in service_workloads().items()}
+    hpas = of_kind(base_docs(), "HorizontalPodAutoscaler")
+    scaled = set()
+    for hpa in hpas:
+        ref = hpa["spec"]["scaleTargetRef"]
+        target = workloads.get((ref["kind"], ref["name"]))
+        assert target is not None, f"HPA {hpa['metadata']['name']} targets a missing {ref}"
+        service = by_workload.get(id(target))
+        assert service, f"HPA {hpa['metadata']['name']} scales {ref['name']}, not a cxrmesh service"
+        scaled.add(service)
+        assert service not in NOT_AUTOSCALED, f"{service} must not be autoscaled"
+        assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"] <= topics.PARTITIONS, (
+            f"{service}: consumers beyond {topics.PARTITIONS} partitions would sit idle"
+        )
+        assert [m["resource"]["name"] for m in hpa["spec"]["metrics"]] == ["cpu"]
+        assert target["spec"]["replicas"] <= topics.PARTITIONS
+    assert scaled == set(service_packages()) - NOT_AUTOSCALED, "every stateless-enough stage is autoscaled"
+    for service in NOT_AUTOSCALED - {"ingestion"}:
+        assert service_workloads()[service][0]["spec"]["replicas"] == 1, f"{service} holds per-pod state"
+
+
+def test_prometheus_scrapes_every_metrics_port() -> None:
+    monitors = of_kind(base_docs(), "PodMonitor", "ServiceMonitor")
+    assert monitors, "no PodMonitor/ServiceMonitor"
+    for workload in of_kind(base_docs(), *WORKLOAD_KINDS):
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        ports: dict[str, int] = {}
+        for c in pod_spec(workload)["containers"]:
+            ports.update(named_ports(c))
+        assert "metrics" in ports, workload["metadata"]["name"]
+        assert any(
+            m["kind"] == "PodMonitor"
+            and selects(m["spec"]["selector"]["matchLabels"], labels)
+            and "metrics" in [e["port"] for e in m["spec"]["podMetricsEndpoints"]]
+            for m in monitors
+        ), f"{workload['metadata']['name']} is not scraped"
+        annotations = workload["spec"]["template"]["metadata"].get("annotations") or {}
+        assert annotations.get("prometheus.io/port") == str(ports["metrics"])
+
+
+# ---------------------------------------------------------------------------------------------- Triton
+
+
+def triton(docs: list[dict[str, Any]] | tuple[dict[str, Any], ...]) -> dict[str, Any]:
+    found = [d for d in of_kind(docs, "Deployment") if d["metadata"]["name"] == "triton"]
+    assert len(found) == 1
+    return found[0]
+
+
+def test_triton_base_is_the_gpu_form_with_the_repository_delivered() -> None:
+    deployment = triton(base_docs())
+    server = pod_spec(deployment)["containers"][0]
+    assert server["resources"]["limits"].get("nvidia.com/gpu") == 1
+    args = server["args"]
+    assert "--model-repository=/models" in args
+    assert not any(a.startswith("--model-config-name") for a in args), "base = the default config.pbtxt"
+    assert "/models" in [m["mountPath"] for m in server["volumeMounts"]]
+    assert "/dev/shm" in [m["mountPath"] for m in server["volumeMounts"]], "python backend needs /dev/shm"
+    init = {c["name"]: c for c in pod_spec(deployment)["initContainers"]}
+    dockerfile = (DOCKER / "Dockerfile.triton").read_text()
+    assert "/opt/cxrmesh/model_repository" in " ".join(init["models"]["command"])
+    assert "COPY --chown=1000:1000 model_repository /opt/cxrmesh/model_repository" in dockerfile
+    exit_timeout = next(int(a.split("=")[1]) for a in args if a.startswith("--exit-timeout-secs="))
+    assert pod_spec(deployment)["terminationGracePeriodSeconds"] > exit_timeout
+
+
+# ----------------------------------------------------------------------------------- container builds
+
+
+def test_container_build_files() -> None:
+    services = (DOCKER / "Dockerfile.services").read_text()
+    assert re.search(r"pip install -c constraints\.txt \"\.\[serve(,s3)?\]\"", services)
+    assert not re.search(r"\[[^\]]*\btrain\b", services), "no training extra (torch) in the services image"
+    assert "torch must not be" in services
+    triton_file = (DOCKER / "Dockerfile.triton").read_text()
+    assert re.search(
+        r"^FROM nvcr\.io/nvidia/tritonserver:\$\{NGC_VERSION\}-py3 AS triton$", triton_file, re.M
+    )
+    assert re.search(
+        r"^FROM nvcr\.io/nvidia/tensorrt:\$\{NGC_VERSION\}-py3 AS trt-builder$", triton_file, re.M
+    )
+    ignored = set((ROOT / ".dockerignore").read_text().split())
+    assert {".venv", ".git", "data", "weights", "runs"} <= ignored
+    assert not ignored & {
+        "src",
+        "export",
+        "services",
+        "model_repository",
+        "pyproject.toml",
+        "constraints.txt",
+    }
+
+
+def test_every_service_package_is_in_the_wheel() -> None:
+    """The image installs the project as a wheel: `python -m cxrmesh.services.X` needs X listed there."""
+    packages = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    missing = {f"cxrmesh.services.{s}" for s in service_workloads()} - packages
+    assert not missing, f"pyproject.toml [tool.setuptools] packages lacks {sorted(missing)}"
+
+
+# ------------------------------------------------------------------------------ rendered and validated
+
+
+def kustomize_command() -> list[str] | None:
+    if shutil.which("kustomize"):
+        return ["kustomize", "build"]
+    if shutil.which("kubectl"):
+        return ["kubectl", "kustomize"]
+    return None
+
+
+@functools.cache
+def rendered(overlay: Path) -> tuple[dict[str, Any], ...]:
+    cmd = kustomize_command()
+    if cmd is None:
+        pytest.skip("neither kustomize nor kubectl is installed")
+    out = subprocess.run([*cmd, str(overlay)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return tuple(d for d in yaml.safe_load_all(out.stdout) if d)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=[o.name for o in OVERLAYS])
+def test_overlay_renders(overlay: Path) -> None:
+    docs = rendered(overlay)
+    namespace = kustomization(BASE)["namespace"]
+    for doc in docs:
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"].get("namespace") == namespace, f"{doc['kind']} {doc['metadata']['name']}"
+    assert not of_kind(docs, "Secret")
+    server = triton(docs)
+    containers = all_containers(server)
+    args = pod_spec(server)["containers"][0]["args"]
+    gpus = [c["name"] for c in containers if "nvidia.com/gpu" in (c["resources"].get("limits") or {})]
+    if overlay.name == "cpu":
+        assert "--model-config-name=cpu" in args
+        assert not gpus and "nodeSelector" not in pod_spec(server) and "tolerations" not in pod_spec(server)
+    if overlay.name == "gpu":
+        assert not any(a.startswith("--model-config-name") for a in args)
+        init = [c["name"] for c in pod_spec(server)["initContainers"]]
+        assert init == ["models", "build-plans"], "plans are built after the repository is copied"
+        build = pod_spec(server)["initContainers"][1]
+        assert build["command"][-2:] == ["cxrmesh.export.build_trt", "/models"]
+        assert set(gpus) == {"build-plans", "triton"}
+    for doc in docs:  # every container image is one the Dockerfiles build
+        if doc["kind"] in WORKLOAD_KINDS:
+            for c in all_containers(doc):
+                assert c["image"].split(":")[0] in (
+                    "cxrmesh/services",
+                    "cxrmesh/triton",
+                    "cxrmesh/trt-builder",
+                )
+
+
+def validate_schema(docs: list[dict[str, Any]] | tuple[dict[str, Any], ...]) -> list[str]:
+    kv = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate to check schemas")
+    problems = []
+    for doc in docs:
+        group = doc["apiVersion"].rpartition("/")[0]
+        if "." in group and not group.endswith(".k8s.io"):
+            continue  # a custom resource (PodMonitor): no schema offline
+        try:
+            kv.validate(doc, MIN_K8S, strict=True)
+        except kv.ValidationError as err:
+            problems.append(f"{doc['kind']} {doc['metadata']['name']}: {err.message} at {list(err.path)}")
+    return problems
+
+
+def test_base_objects_match_the_kubernetes_schema() -> None:
+    assert validate_schema(base_docs()) == []
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=[o.name for o in OVERLAYS])
+def test_rendered_overlay_matches_the_kubernetes_schema(overlay: Path) -> None:
+    assert validate_schema(rendered(overlay)) == []
