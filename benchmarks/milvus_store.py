@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from cxrmesh.search import DIAGNOSES, CaseFilter, CaseRecord, CaseStore
-from cxrmesh.search.store import INDEX_TYPES
+from cxrmesh.search.schema import INDEX_TYPES
 
 
 def _records(n: int, dim: int, rng: np.random.Generator) -> tuple[list[CaseRecord], np.ndarray]:

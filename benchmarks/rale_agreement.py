@@ -39,8 +39,8 @@ from cxrmesh.analysis import rale
 from cxrmesh.analysis.pixels import input_labels, model_input
 from cxrmesh.analysis.quantify import region_table
 from cxrmesh.analysis.regions import REGION_KEYS
+from cxrmesh.contracts.corpus import read_manifest, read_training_copy
 from cxrmesh.ml.onnx_models import OnnxModels
-from cxrmesh.synth.corpus import read_manifest, read_training_copy
 
 KEYS = tuple(REGION_KEYS.values())
 N_CELLS = 2 * rale.GRID_HEIGHT * rale.GRID_LATERAL

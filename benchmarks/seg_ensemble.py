@@ -32,14 +32,10 @@ import torch
 from cxrmesh.analysis.pixels import model_input
 from cxrmesh.analysis.regions import wrong_side_share
 from cxrmesh.contracts.tensors import LANDMARKS, SEG_MEMBERS
-from cxrmesh.ml.train import (
-    dice_scores,
-    ensemble_mean,
-    load_data,
-    load_weights,
-    predict,
-    select_ensemble_weights,
-)
+from cxrmesh.ml.data import load_data
+from cxrmesh.ml.ensemble import ensemble_mean, select_ensemble_weights
+from cxrmesh.ml.metrics import dice_scores
+from cxrmesh.ml.weights import load_weights, predict
 from cxrmesh.synth.contact import real_radiograph
 
 Probs = dict[str, torch.Tensor]

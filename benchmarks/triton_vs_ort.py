@@ -26,8 +26,9 @@ import tritonclient.grpc as grpcclient
 
 from cxrmesh.contracts.tensors import BY_NAME, ONNX_MODELS, SEG_ENSEMBLE, ModelSpec
 from cxrmesh.export import onnx_dir_for_tests
-from cxrmesh.export.repository import ONNX_FILE, write_repository
+from cxrmesh.export.repository import write_repository
 from cxrmesh.local.triton_server import running_server
+from cxrmesh.ml.repository import onnx_path
 
 BATCHES = (1, 8)
 
@@ -41,9 +42,7 @@ def _session(repo: Path, name: str, threads: int) -> ort.InferenceSession:
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the served model does
-    return ort.InferenceSession(
-        str(repo / name / "1" / ONNX_FILE), options, providers=["CPUExecutionProvider"]
-    )
+    return ort.InferenceSession(str(onnx_path(repo, name)), options, providers=["CPUExecutionProvider"])
 
 
 def _ort_runner(repo: Path, spec: ModelSpec, threads: int) -> Callable[[dict[str, np.ndarray]], object]:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cxrmesh.contracts.tensors import ONNX_MODELS, ModelSpec
-from cxrmesh.export.repository import ONNX_FILE, PLAN_FILE
+from cxrmesh.ml.repository import ONNX_FILE, PLAN_FILE
 
 OPT_BATCH = 8
 NOT_INSTALLED = (

@@ -62,7 +62,8 @@ def radiographs(n: int = 16) -> np.ndarray:
     says nothing about the exported graph.
     """
     from cxrmesh.analysis.pixels import model_input
-    from cxrmesh.synth.corpus import generate, read_training_copy
+    from cxrmesh.contracts.corpus import read_training_copy
+    from cxrmesh.synth.corpus import generate
 
     with tempfile.TemporaryDirectory(prefix="cxrmesh-parity-") as tmp:
         out = Path(tmp) / "c"
@@ -92,7 +93,7 @@ def check_parity(model: torch.nn.Module, spec: ModelSpec, path: Path, batches=(1
 
 def export_all(weights: Path, out: Path) -> list[Parity]:
     """Export every ONNX model whose weights exist to ``out/<name>.onnx``; returns parity results."""
-    from cxrmesh.ml.train import load_weights
+    from cxrmesh.ml.weights import load_weights
 
     results = []
     for spec in ONNX_MODELS:

@@ -5,11 +5,13 @@ One repository, two serving profiles chosen at server start:
 * ``<model>/config.pbtxt`` - the GPU profile: ``tensorrt_plan`` on ``KIND_GPU`` from ``<version>/model.plan``
   (built on the target GPU by ``python -m cxrmesh.export.build_trt``);
 * ``<model>/configs/cpu.pbtxt`` - the CPU profile, picked by ``tritonserver --model-config-name=cpu``:
-  the python backend on ``KIND_CPU`` running ``<version>/model.onnx`` with ONNX Runtime through the
-  one shared ``<version>/model.py`` (``triton_models/onnx_runtime_model.py``).
+  the python-based backend ``cxrmesh_onnxruntime`` on ``KIND_CPU`` running ``<version>/model.onnx`` with
+  ONNX Runtime.
 
-``lung_seg_ensemble`` is a python BLS model (``triton_models/seg_ensemble_model.py``) in both profiles:
-it holds no weights and calls whichever members the profile serves. Every tensor name, dtype and dim
+``lung_seg_ensemble`` is a BLS model on the python-based backend ``cxrmesh_seg_ensemble`` in both
+profiles: it holds no weights and calls whichever members the profile serves. The backends' code lives
+in ``export/triton_backends/`` (see ``cxrmesh.export.backends``), not in the repository, which holds
+configs, ONNX files and model cards only. Every tensor name, dtype and dim
 comes from ``cxrmesh.contracts.tensors``; configs are built as ``ModelConfig`` protobuf messages and
 printed with ``text_format``, so they always parse and never drift from the spec.
 """
@@ -19,24 +21,27 @@ from __future__ import annotations
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
-import numpy as np
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from cxrmesh.contracts.tensors import BY_NAME, ONNX_MODELS, SEG_ENSEMBLE, ModelSpec, Tensor
+from cxrmesh.export.backends import ONNX_RUNTIME_BACKEND, SEG_ENSEMBLE_BACKEND
+from cxrmesh.ml.repository import (
+    CARD_FILE,
+    CONFIG_FILE,
+    CPU_PROFILE,
+    ONNX_FILE,
+    PLAN_FILE,
+    VERSION,
+    onnx_path,
+)
 
-CONFIG_FILE = "config.pbtxt"
-CPU_PROFILE = "cpu"  # the --model-config-name of the CPU profile
-ONNX_FILE = "model.onnx"
-PLAN_FILE = "model.plan"
-PYTHON_FILE = "model.py"
-CARD_FILE = "model_card.md"
-ONNX_RUNTIME_MODEL = "onnx_runtime_model.py"
-SEG_ENSEMBLE_MODEL = "seg_ensemble_model.py"
 COMPOSITE_MODELS: tuple[ModelSpec, ...] = (SEG_ENSEMBLE,)
+# Triton serves a model only with a version folder; a composite model's holds no file of its own, and git
+# keeps no empty folder, so it gets this empty marker.
+VERSION_MARKER = ".gitkeep"
 
 
 @dataclass(frozen=True)
@@ -86,9 +91,9 @@ def gpu_config(spec: ModelSpec, batching: Batching | None = None) -> mc.ModelCon
 def cpu_config(
     spec: ModelSpec, batching: Batching | None = None, intra_op_threads: int = 0
 ) -> mc.ModelConfig:
-    """CPU profile of an ONNX model: ONNX Runtime in the python backend, one CPU instance."""
+    """CPU profile of an ONNX model: ONNX Runtime in our python-based backend, one CPU instance."""
     config = _base(spec, batching)
-    config.backend = "python"
+    config.backend = ONNX_RUNTIME_BACKEND
     config.instance_group.append(mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=1))
     _parameters(config, {"onnx_file": ONNX_FILE, "intra_op_threads": str(intra_op_threads)})
     return config
@@ -99,7 +104,7 @@ def ensemble_config(
     batching: Batching | None = None,
     member_weights: Mapping[str, float] | None = None,
 ) -> mc.ModelConfig:
-    """Both profiles of the segmentation ensemble: a python BLS model on the CPU that calls the members.
+    """Both profiles of the segmentation ensemble: a BLS model on the CPU that calls the members.
 
     ``member_weights`` (member name -> weight, fitted on validation) make the mean a weighted one.
     """
@@ -112,7 +117,7 @@ def ensemble_config(
     (mean,) = [t for t in spec.outputs if t.dims == probs.dims]
     (stack,) = [t for t in spec.outputs if t.dims == (len(members), *probs.dims)]
     config = _base(spec, batching)
-    config.backend = "python"
+    config.backend = SEG_ENSEMBLE_BACKEND
     config.instance_group.append(mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=1))
     _parameters(
         config,
@@ -137,22 +142,9 @@ def format_weights(spec: ModelSpec, member_weights: Mapping[str, float]) -> str:
     return ",".join(f"{member_weights[m]:.6g}" for m in spec.members)
 
 
-def member_weights(repository: Path, spec: ModelSpec = SEG_ENSEMBLE) -> np.ndarray:
-    """The ensemble's normalised member weights as served from ``repository`` (equal when unset)."""
-    config = read_config(repository / spec.name / CONFIG_FILE)
-    raw = config.parameters["member_weights"].string_value if "member_weights" in config.parameters else ""
-    weights = np.array([float(w) for w in raw.split(",")]) if raw else np.ones(len(spec.members))
-    return weights / weights.sum()
-
-
 def config_text(config: mc.ModelConfig) -> str:
     """The config in Triton's ``config.pbtxt`` text format."""
     return text_format.MessageToString(config)
-
-
-def read_config(path: Path) -> mc.ModelConfig:
-    """Parse a ``config.pbtxt`` the way Triton does (protobuf text format)."""
-    return text_format.Parse(path.read_text(), mc.ModelConfig())
 
 
 def _tensor_rows(direction: str, tensors: Sequence[Tensor], max_batch: int) -> list[str]:
@@ -185,10 +177,6 @@ def default_card(spec: ModelSpec) -> str:
     return "\n".join(lines)
 
 
-def _template(name: str) -> str:
-    return resources.files("cxrmesh.export").joinpath("triton_models", name).read_text()
-
-
 def _copy_onnx(source: Path, target: Path) -> None:
     """Copy an ONNX model as one self-contained file; weights the exporter kept outside are pulled in.
 
@@ -214,7 +202,7 @@ def write_repository(
     onnx_dir: Path,
     out: Path,
     *,
-    version: int = 1,
+    version: int = VERSION,
     cards: Mapping[str, str] | None = None,
     batching: Batching | None = None,
     intra_op_threads: int = 0,
@@ -238,7 +226,6 @@ def write_repository(
     if unknown:
         raise ValueError(f"model cards for unknown models: {sorted(unknown)}")
 
-    runtime_py, ensemble_py = _template(ONNX_RUNTIME_MODEL), _template(SEG_ENSEMBLE_MODEL)
     for spec in ONNX_MODELS:
         model_dir = out / spec.name
         _write(model_dir / CONFIG_FILE, config_text(gpu_config(spec, batching)))
@@ -246,14 +233,15 @@ def write_repository(
             model_dir / "configs" / f"{CPU_PROFILE}.pbtxt",
             config_text(cpu_config(spec, batching, intra_op_threads)),
         )
-        _write(model_dir / str(version) / PYTHON_FILE, runtime_py)
-        _copy_onnx(onnx_dir / f"{spec.name}.onnx", model_dir / str(version) / ONNX_FILE)
+        target = onnx_path(out, spec.name, version)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _copy_onnx(onnx_dir / f"{spec.name}.onnx", target)
         _write(model_dir / CARD_FILE, cards.get(spec.name, default_card(spec)))
     for spec in COMPOSITE_MODELS:
         model_dir = out / spec.name
         text = config_text(ensemble_config(spec, batching, ensemble_weights))
         _write(model_dir / CONFIG_FILE, text)
         _write(model_dir / "configs" / f"{CPU_PROFILE}.pbtxt", text)
-        _write(model_dir / str(version) / PYTHON_FILE, ensemble_py)
+        _write(model_dir / str(version) / VERSION_MARKER, "")
         _write(model_dir / CARD_FILE, cards.get(spec.name, default_card(spec)))
     return [s.name for s in (*ONNX_MODELS, *COMPOSITE_MODELS)]

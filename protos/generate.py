@@ -1,7 +1,7 @@
 """Generate the Python code of the cxrmesh.v1 contracts into src/cxrmesh/v1 (``make protos``).
 
 The generated modules are committed so that installing the package needs no protoc; a test
-(tests/test_protos.py) regenerates into a temporary folder and fails when they are stale.
+(tests/unit/test_protos.py) regenerates into a temporary folder and fails when they are stale.
 """
 
 from __future__ import annotations

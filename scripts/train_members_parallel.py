@@ -21,22 +21,24 @@ from pathlib import Path
 import torch
 
 from cxrmesh.contracts.tensors import SEG_MEMBERS
-from cxrmesh.ml import train
+from cxrmesh.ml.data import Data, load_data
+from cxrmesh.ml.loop import resolve_device, seed_everything
+from cxrmesh.ml.metrics import dice_scores
+from cxrmesh.ml.trainers.segmenter import train_segmenter
+from cxrmesh.ml.weights import predict
 
 log = logging.getLogger("members")
 
 
-def member(name: str, data: train.Data, work: Path, epochs: int, budget: float | None, device: str) -> None:
+def member(name: str, data: Data, work: Path, epochs: int, budget: float | None, device: str) -> None:
     """One member: seeded like ``train_all`` (seed + index), trained, then scored on val."""
     torch.set_num_threads(2)
-    train._seed(SEG_MEMBERS.index(name))
-    dev = train.resolve_device(device)
+    seed_everything(SEG_MEMBERS.index(name))
+    dev = resolve_device(device)
     began = time.monotonic()
-    model = train.train_segmenter(
-        name, data, epochs, work / "runs", work / "weights", False, None, dev, budget
-    )
+    model = train_segmenter(name, data, epochs, work / "runs", work / "weights", False, None, dev, budget)
     val = data.index("val")
-    dice = float(train.dice_scores(train.predict(model.to(dev), data.images[val]), data.lungs[val]).mean())
+    dice = float(dice_scores(predict(model.to(dev), data.images[val]), data.lungs[val]).mean())
     log.info("%s: val Dice %.5f after %.0f s", name, dice, time.monotonic() - began)
 
 
@@ -53,7 +55,7 @@ def main() -> None:
     unknown = set(args.members) - set(SEG_MEMBERS)
     if unknown:
         ap.error(f"unknown member(s) {sorted(unknown)}; choose from {', '.join(SEG_MEMBERS)}")
-    data = train.load_data(args.corpus)
+    data = load_data(args.corpus)
     ctx = mp.get_context("fork")
     procs = [
         ctx.Process(

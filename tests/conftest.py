@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from cxrmesh.synth.corpus import generate, read_manifest
+from cxrmesh.contracts.corpus import read_manifest
+from cxrmesh.synth.corpus import generate
 
 CORPUS_SEED = 11
 CORPUS_N = 18

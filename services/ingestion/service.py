@@ -11,24 +11,25 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
-import threading
 from collections.abc import Iterator
 
 import grpc
 import pydicom
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from cxrmesh.contracts import convert, topics
 from cxrmesh.contracts.errors import InvalidArgument, NotFound, Unavailable
 from cxrmesh.dicom.admit import process_dicom
-from cxrmesh.dicom.validate import MAX_DICOM_BYTES, DicomRejected
+from cxrmesh.dicom.read import MAX_DICOM_BYTES
+from cxrmesh.dicom.rejection import DicomRejected
 from cxrmesh.runtime import metrics
 from cxrmesh.runtime.blobs import NPY, array_bytes, open_blob_store
 from cxrmesh.runtime.grpc_server import ServiceRuntime
 from cxrmesh.runtime.kafka import EventProducer
-from cxrmesh.runtime.settings import IngestionSettings
-from cxrmesh.runtime.tables import kafka_config
+from cxrmesh.services import batch
 from cxrmesh.services.ingestion.outbox import Outbox
+from cxrmesh.services.ingestion.relay import relay
+from cxrmesh.services.ingestion.settings import IngestionSettings
+from cxrmesh.services.stage import GrpcApi
 from cxrmesh.v1 import common_pb2, events_pb2, ingestion_pb2, ingestion_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -79,8 +80,6 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
             image_ref = self.blobs.put(array_bytes(norm.display.astype("float32")), NPY)
         except OSError as exc:
             raise Unavailable("storage_unavailable", f"cannot store the study: {exc.strerror}") from exc
-        now = Timestamp()
-        now.GetCurrentTime()
         event = events_pb2.StudyIngested(
             study_key=key,
             patient_key=deid.patient_key,
@@ -88,7 +87,7 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
             deidentified_dicom=dicom_ref,
             display_image=image_ref,
             labels=header.labels,
-            ingested_at=now,
+            ingested_at=batch.now(),
             deidentified_study_uid=str(deid.dataset.StudyInstanceUID),
             deidentified_sop_uid=str(deid.dataset.SOPInstanceUID),
         )
@@ -120,9 +119,9 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
     def _clinical_event(
         self, key: str, clinical: common_pb2.ClinicalData, labels: common_pb2.KnownLabels
     ) -> None:
-        now = Timestamp()
-        now.GetCurrentTime()
-        event = events_pb2.ClinicalUpdated(study_key=key, clinical=clinical, labels=labels, updated_at=now)
+        event = events_pb2.ClinicalUpdated(
+            study_key=key, clinical=clinical, labels=labels, updated_at=batch.now()
+        )
         self.outbox.add_event(
             topics.STUDY_CLINICAL, key, event.DESCRIPTOR.full_name, event.SerializeToString()
         )
@@ -155,66 +154,15 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
         return header, b"".join(parts)
 
 
-def relay(
-    outbox: Outbox, producer: EventProducer, stop: threading.Event, interval_s: float, timeout_s: float = 30
-) -> None:
-    """Publish pending outbox events until Kafka confirms each; mark them sent only then."""
-    backlog = metrics.metric(metrics.Gauge, "cxrmesh_outbox_pending", "Events not yet confirmed by Kafka.")
-    while not stop.is_set():
-        pending = outbox.pending()
-        backlog.set(outbox.backlog())
-        if not pending:
-            stop.wait(interval_s)
-            continue
-        futures = [
-            (
-                e.id,
-                producer.publish(
-                    e.topic, e.key, _Raw(e.payload), {"content-type": _content_type(e.type_name)}
-                ),
-            )
-            for e in pending
-        ]
-        sent, failed = [], []
-        for event_id, fut in futures:
-            try:
-                fut.get(timeout=timeout_s)
-                sent.append(event_id)
-            except Exception as exc:  # kafka errors of any kind: keep the event, retry later
-                failed.append(event_id)
-                log.warning("outbox publish failed", extra={"error_type": type(exc).__name__})
-        outbox.mark_sent(sent)
-        outbox.mark_failed(failed)
-        if failed:
-            stop.wait(min(5.0, interval_s * 4))
-
-
-def _content_type(type_name: str) -> str:
-    return f"application/x-protobuf; messageType={type_name}"
-
-
-class _Raw:
-    """Already-serialised protobuf bytes, publishable through the producer like a message."""
-
-    def __init__(self, payload: bytes):
-        self.payload = payload
-
-    def SerializeToString(self) -> bytes:
-        return self.payload
-
-
 def build(settings: IngestionSettings) -> ServiceRuntime:
     runtime = ServiceRuntime(settings)
     outbox = Outbox(settings.data_dir / "ingestion" / "outbox.sqlite")
     servicer = IngestionServicer(settings, outbox)
     producer = EventProducer(
-        dataclasses.replace(kafka_config(settings, ""), client_id=f"{settings.service}-outbox")
+        dataclasses.replace(settings.kafka_config(""), client_id=f"{settings.service}-outbox")
     )
-    runtime.add_service(
-        ingestion_pb2.DESCRIPTOR.services_by_name["IngestionService"].full_name,
-        ingestion_pb2_grpc.add_IngestionServiceServicer_to_server,
-        servicer,
-    )
+    api = GrpcApi.of(ingestion_pb2, ingestion_pb2_grpc, "IngestionService")
+    runtime.add_service(api.service.full_name, api.add, servicer)
     runtime.add_dependency("storage", lambda: servicer.blobs.ping() and outbox.ping())
     runtime.add_dependency("kafka", producer.connected)
     timeout_s = settings.kafka_request_timeout_ms / 1000
@@ -228,7 +176,3 @@ def build(settings: IngestionSettings) -> ServiceRuntime:
 
 def main() -> None:
     build(IngestionSettings()).run()
-
-
-if __name__ == "__main__":
-    main()

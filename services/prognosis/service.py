@@ -1,184 +1,23 @@
 """Prognosis: embedding + four-region features + clinical data -> Triton prognosis head.
 
-Joins three inputs per study as they arrive (StudyEmbedded, StudyQuantified, clinical data from
-StudyIngested/ClinicalUpdated via the embedding event or later updates), then publishes a
-PrognosisResult: the probability of intubation within 72 h when the clinical data are complete,
-otherwise STATUS_NO_CLINICAL_DATA naming what is missing (no guessing). It also reports how
-many of the nearest labelled prior cases (from search) were intubated.
+The join and the head run in the Kafka handler (``worker``); GetPrognosis answers from the stored
+results. It also reports how many of the nearest labelled prior cases (from search) were intubated.
+Wired on the shared stage base.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
-
 import grpc
-import numpy as np
 
-from cxrmesh.analysis.quantify import region_vector
-from cxrmesh.contracts import convert, topics
 from cxrmesh.contracts.errors import InvalidArgument, NotFound
-from cxrmesh.contracts.tensors import CLINICAL_FEATURES, EMBED_DIM
 from cxrmesh.runtime.grpc_server import ServiceRuntime
-from cxrmesh.runtime.kafka import Consumer, Event, EventProducer
-from cxrmesh.runtime.settings import PrognosisSettings
-from cxrmesh.runtime.tables import ResultTable, SqliteStore, kafka_config
-from cxrmesh.runtime.triton import TritonClient
-from cxrmesh.services import stage
-from cxrmesh.v1 import (
-    common_pb2,
-    events_pb2,
-    prognosis_pb2,
-    prognosis_pb2_grpc,
-    search_pb2,
-    search_pb2_grpc,
-)
-
-
-def region_features(q: events_pb2.StudyQuantified) -> np.ndarray:
-    """StudyQuantified -> the head's region input, in the one order ``quantify.region_vector`` uses."""
-    names = ("area_fraction", "mean_intensity", "opacity_fraction")
-    return region_vector({m.region: {n: getattr(m, n) for n in names} for m in q.regions})
-
-
-def missing_clinical(clinical: common_pb2.ClinicalData) -> list[str]:
-    return [name for name in CLINICAL_FEATURES if not clinical.HasField(name)]
-
-
-class JoinTable(SqliteStore):
-    """Per study: the latest embedding, quantification and merged clinical data (SQLite)."""
-
-    def __init__(self, path: Path):
-        super().__init__(
-            path,
-            "CREATE TABLE IF NOT EXISTS joined"
-            " (study_key TEXT PRIMARY KEY, embedded BLOB, quantified BLOB, clinical BLOB);",
-        )
-
-    def update(self, key: str, column: str, value: bytes) -> tuple[bytes | None, bytes | None, bytes | None]:
-        assert column in ("embedded", "quantified", "clinical")
-        with self._lock:
-            self._db.execute("INSERT OR IGNORE INTO joined (study_key) VALUES (?)", (key,))
-            self._db.execute(f"UPDATE joined SET {column} = ? WHERE study_key = ?", (value, key))
-            return self._db.execute(
-                "SELECT embedded, quantified, clinical FROM joined WHERE study_key = ?", (key,)
-            ).fetchone()
-
-    def clinical(self, key: str) -> common_pb2.ClinicalData:
-        with self._lock:
-            row = self._db.execute("SELECT clinical FROM joined WHERE study_key = ?", (key,)).fetchone()
-        return common_pb2.ClinicalData.FromString(row[0]) if row and row[0] else common_pb2.ClinicalData()
-
-
-class PrognosisWorker:
-    def __init__(
-        self,
-        settings: PrognosisSettings,
-        triton: TritonClient,
-        producer: EventProducer,
-        joins: JoinTable,
-        results: ResultTable,
-        search: search_pb2_grpc.SearchServiceStub,
-    ):
-        self.settings, self.triton, self.producer = settings, triton, producer
-        self.joins, self.results, self.search = joins, results, search
-
-    def _record(self, event: Event) -> tuple[bytes | None, bytes | None, bytes | None]:
-        msg = event.message
-        key = msg.study_key
-        if event.topic == topics.STUDY_EMBEDDED:
-            if msg.HasField("clinical"):
-                self._merge_clinical(key, msg.clinical)
-            return self.joins.update(key, "embedded", msg.SerializeToString())
-        if event.topic == topics.STUDY_QUANTIFIED:
-            return self.joins.update(key, "quantified", msg.SerializeToString())
-        merged = self._merge_clinical(key, msg.clinical)
-        return self.joins.update(key, "clinical", merged.SerializeToString())
-
-    def _merge_clinical(self, key: str, new: common_pb2.ClinicalData) -> common_pb2.ClinicalData:
-        merged = convert.merge_clinical(self.joins.clinical(key), new)
-        self.joins.update(key, "clinical", merged.SerializeToString())
-        return merged
-
-    def __call__(self, events: Sequence[Event]) -> list[BaseException | None]:
-        results: list[BaseException | None] = [None] * len(events)
-        ready = []
-        for i, event in enumerate(events):
-            if event.topic == topics.STUDY_CLINICAL and not event.message.HasField("clinical"):
-                continue  # labels only: nothing for prognosis
-            emb, quant, clin = self._record(event)
-            if emb is not None and quant is not None:
-                ready.append(
-                    (
-                        i,
-                        events_pb2.StudyEmbedded.FromString(emb),
-                        events_pb2.StudyQuantified.FromString(quant),
-                        common_pb2.ClinicalData.FromString(clin) if clin else common_pb2.ClinicalData(),
-                    )
-                )
-        complete = [(i, e, q, c) for i, e, q, c in ready if not missing_clinical(c)]
-        probs: dict[int, float] = {}
-        if complete:
-            inputs = {
-                "embedding": np.stack([np.asarray(e.embedding, dtype=np.float32) for _, e, _, _ in complete]),
-                "regions": np.stack([region_features(q) for _, _, q, _ in complete]),
-                "clinical": np.stack([convert.clinical_vector(c) for _, _, _, c in complete]),
-            }
-            if inputs["embedding"].shape[1] != EMBED_DIM:
-                raise ValueError(f"embedding has {inputs['embedding'].shape[1]} values, expected {EMBED_DIM}")
-            out = stage.run_model(
-                results,
-                [i for i, *_ in complete],
-                lambda: self.triton.infer(self.settings.prognosis_model, inputs, ["probability"]),
-            )
-            if out is None:
-                return results
-            probs = {i: float(out["probability"][j, 0]) for j, (i, *_) in enumerate(complete)}
-        model = self.settings.prognosis_model
-        version = (
-            common_pb2.ModelVersion(name=model, version=self.triton.model_version(model)) if probs else None
-        )
-        pending = []
-        for i, emb, _q, clin in ready:
-            if results[i] is not None:
-                continue
-            msg = events_pb2.PrognosisResult(study_key=emb.study_key, ingested_at=emb.ingested_at)
-            if i in probs:
-                msg.status = events_pb2.PrognosisResult.STATUS_DONE
-                msg.probability_intubation_72h = probs[i]
-                msg.model.CopyFrom(version)
-            else:
-                msg.status = events_pb2.PrognosisResult.STATUS_NO_CLINICAL_DATA
-                msg.missing_clinical.extend(missing_clinical(clin))
-            self._neighbours(msg, emb)
-            self.results.put(emb.study_key, msg)
-            pending.append(
-                (i, emb.ingested_at, self.producer.publish(topics.STUDY_PROGNOSIS, emb.study_key, msg))
-            )
-        return stage.confirm(results, pending, "prognosis")
-
-    def _neighbours(self, msg: events_pb2.PrognosisResult, emb: events_pb2.StudyEmbedded) -> None:
-        """Outcomes of the nearest prior cases with a known outcome (best effort: search may lag)."""
-        flt = search_pb2.CaseFilter(labelled_only=True)
-        k = self.settings.neighbours
-        try:
-            try:
-                reply = self.search.FindSimilar(
-                    search_pb2.FindSimilarRequest(study_key=emb.study_key, k=k, filter=flt), timeout=10
-                )
-            except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.NOT_FOUND:
-                    raise
-                query = search_pb2.Embedding(values=emb.embedding)
-                reply = self.search.FindSimilar(
-                    search_pb2.FindSimilarRequest(embedding=query, k=k + 1, filter=flt), timeout=10
-                )
-        except grpc.RpcError:
-            return
-        cases = [c for c in reply.cases if c.study_key != emb.study_key][:k]
-        known = [c for c in cases if c.outcome != common_pb2.OUTCOME_UNSPECIFIED]
-        msg.neighbours_with_outcome = len(known)
-        msg.neighbours_intubated = sum(c.outcome == common_pb2.OUTCOME_INTUBATED_72H for c in known)
+from cxrmesh.runtime.tables import ResultTable
+from cxrmesh.services.flow import FLOW
+from cxrmesh.services.prognosis.joins import JoinTable
+from cxrmesh.services.prognosis.settings import PrognosisSettings
+from cxrmesh.services.prognosis.worker import PrognosisWorker
+from cxrmesh.services.stage import GrpcApi, StageService
+from cxrmesh.v1 import events_pb2, prognosis_pb2, prognosis_pb2_grpc, search_pb2_grpc
 
 
 class PrognosisServicer(prognosis_pb2_grpc.PrognosisServiceServicer):
@@ -197,43 +36,19 @@ class PrognosisServicer(prognosis_pb2_grpc.PrognosisServiceServicer):
 
 
 def build(settings: PrognosisSettings) -> ServiceRuntime:
-    runtime = ServiceRuntime(settings)
-    joins = JoinTable(settings.data_dir / "prognosis" / "joins.sqlite")
-    results = ResultTable(settings.data_dir / "prognosis" / "results.sqlite", events_pb2.PrognosisResult)
-    triton = TritonClient(settings.triton_url, settings.triton_timeout_s)
-    channel = grpc.insecure_channel(settings.search_url)
-    cfg = kafka_config(settings, "cxrmesh-prognosis")
-    producer = EventProducer(cfg)
-    worker = PrognosisWorker(
-        settings, triton, producer, joins, results, search_pb2_grpc.SearchServiceStub(channel)
-    )
-    consumer = Consumer(
-        cfg,
-        {
-            topics.STUDY_EMBEDDED: events_pb2.StudyEmbedded,
-            topics.STUDY_QUANTIFIED: events_pb2.StudyQuantified,
-            topics.STUDY_CLINICAL: events_pb2.ClinicalUpdated,
-        },
-        worker,
-        producer,
-        service=settings.service,
-    )
-    runtime.add_service(
-        prognosis_pb2.DESCRIPTOR.services_by_name["PrognosisService"].full_name,
-        prognosis_pb2_grpc.add_PrognosisServiceServicer_to_server,
+    service = StageService(settings, FLOW["prognosis"])
+    data = settings.data_dir / "prognosis"
+    joins = service.closing(JoinTable(data / "joins.sqlite"))
+    results = service.closing(ResultTable(data / "results.sqlite", events_pb2.PrognosisResult))
+    triton = service.triton(settings.prognosis_model)
+    channel = service.closing(grpc.insecure_channel(settings.search_url))
+    search = search_pb2_grpc.SearchServiceStub(channel)
+    service.api(
+        GrpcApi.of(prognosis_pb2, prognosis_pb2_grpc, "PrognosisService"),
         PrognosisServicer(results),
     )
-    runtime.add_dependency("triton", lambda: triton.ready([settings.prognosis_model]))
-    runtime.add_dependency("kafka", consumer.healthy)
-    runtime.add_worker("consumer", consumer.run)
-    for close in (producer.close, joins.close, results.close, triton.close, channel.close):
-        runtime.on_close(close)
-    return runtime
+    return service.consume(PrognosisWorker(settings, triton, service.producer, joins, results, search))
 
 
 def main() -> None:
     build(PrognosisSettings()).run()
-
-
-if __name__ == "__main__":
-    main()

@@ -14,12 +14,13 @@ import grpc
 import numpy as np
 
 from cxrmesh.analysis.quantify import lung_dice
-from cxrmesh.contracts import topics
 from cxrmesh.runtime.blobs import NPY, array_bytes
 from cxrmesh.runtime.grpc_server import ServiceRuntime
-from cxrmesh.runtime.kafka import Event
-from cxrmesh.runtime.settings import SegmentationSettings
-from cxrmesh.services import stage
+from cxrmesh.services import batch
+from cxrmesh.services.flow import FLOW
+from cxrmesh.services.model_stage import ModelStage, StageParts, get_result, model_stage_service
+from cxrmesh.services.segmentation.settings import SegmentationSettings
+from cxrmesh.services.stage import GrpcApi
 from cxrmesh.v1 import common_pb2, events_pb2, segmentation_pb2, segmentation_pb2_grpc
 
 
@@ -30,53 +31,42 @@ def member_agreement(member_probs: np.ndarray) -> float:
     return float(np.mean(pairs)) if pairs else 1.0
 
 
-class SegmentationWorker:
-    def __init__(self, parts: stage.StageParts):
-        self.parts = parts
-        self.model = parts.settings.seg_model
+class SegmentationWorker(ModelStage[np.ndarray]):
+    """StudyIngested batch -> ensemble and member probabilities -> StudySegmented per study."""
 
-    def __call__(self, events: Sequence[Event]) -> list[BaseException | None]:
-        p = self.parts
-        results, ok, images = stage.load_all(
-            events, lambda e: stage.load_display(p.blobs, e.message.display_image)
+    def infer(self, items: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        return batch.infer_images(self.parts.triton, self.parts.model, items, ("probs", "member_probs"))
+
+    def result(
+        self,
+        src: events_pb2.StudyIngested,
+        item: np.ndarray,
+        out: dict[str, np.ndarray],
+        j: int,
+        version: common_pb2.ModelVersion,
+    ) -> events_pb2.StudySegmented:
+        probs = out["probs"][j]
+        blobs = self.parts.blobs
+        return events_pb2.StudySegmented(
+            study_key=src.study_key,
+            patient_key=src.patient_key,
+            lungs=blobs.put(array_bytes(probs.argmax(axis=0).astype(np.uint8)), NPY),
+            probabilities=blobs.put(array_bytes(probs.astype(np.float16)), NPY),
+            member_agreement=member_agreement(out["member_probs"][j]),
+            model=version,
+            display_image=src.display_image,
+            deidentified_dicom=src.deidentified_dicom,
+            metadata=src.metadata,
+            ingested_at=src.ingested_at,
         )
-        if not ok:
-            return results
-        out = stage.run_model(
-            results, ok, lambda: stage.infer_images(p.triton, self.model, images, ("probs", "member_probs"))
-        )
-        if out is None:
-            return results
-        version = common_pb2.ModelVersion(name=self.model, version=p.triton.model_version(self.model))
-        pending = []
-        for j, i in enumerate(ok):
-            src: events_pb2.StudyIngested = events[i].message
-            probs = out["probs"][j]
-            msg = events_pb2.StudySegmented(
-                study_key=src.study_key,
-                patient_key=src.patient_key,
-                lungs=p.blobs.put(array_bytes(probs.argmax(axis=0).astype(np.uint8)), NPY),
-                probabilities=p.blobs.put(array_bytes(probs.astype(np.float16)), NPY),
-                member_agreement=member_agreement(out["member_probs"][j]),
-                model=version,
-                display_image=src.display_image,
-                deidentified_dicom=src.deidentified_dicom,
-                metadata=src.metadata,
-                ingested_at=src.ingested_at,
-            )
-            p.table.put(src.study_key, msg)
-            pending.append(
-                (i, src.ingested_at, p.producer.publish(topics.STUDY_SEGMENTED, src.study_key, msg))
-            )
-        return stage.confirm(results, pending, "segmented")
 
 
 class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):
-    def __init__(self, parts: stage.StageParts):
+    def __init__(self, parts: StageParts):
         self.parts = parts
 
     def GetMasks(self, request: segmentation_pb2.GetMasksRequest, context: grpc.ServicerContext):
-        msg = stage.get_result(self.parts.table, request.study_key, "masks")
+        msg = get_result(self.parts.table, request.study_key, "masks")
         reply = segmentation_pb2.GetMasksReply(
             study_key=msg.study_key,
             lungs=msg.lungs,
@@ -90,24 +80,10 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):
 
 
 def build(settings: SegmentationSettings) -> ServiceRuntime:
-    return stage.stage_service(
-        settings,
-        group="cxrmesh-segmentation",
-        result_type=events_pb2.StudySegmented,
-        consumes={topics.STUDY_INGESTED: events_pb2.StudyIngested},
-        model=settings.seg_model,
-        worker=SegmentationWorker,
-        grpc_service=(
-            segmentation_pb2.DESCRIPTOR.services_by_name["SegmentationService"].full_name,
-            segmentation_pb2_grpc.add_SegmentationServiceServicer_to_server,
-        ),
-        servicer=SegmentationServicer,
-    )
+    api = GrpcApi.of(segmentation_pb2, segmentation_pb2_grpc, "SegmentationService")
+    stage, model, result = FLOW["segmentation"], settings.seg_model, events_pb2.StudySegmented
+    return model_stage_service(settings, stage, model, result, SegmentationWorker, api, SegmentationServicer)
 
 
 def main() -> None:
     build(SegmentationSettings()).run()
-
-
-if __name__ == "__main__":
-    main()

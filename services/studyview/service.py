@@ -1,19 +1,15 @@
 """Study view: everything known about a study in one call, and a stream that follows it.
 
-Consumes every stage's topic and the dead-letter topic into a per-study record (SQLite): a stage
-is pending until its event arrives, done when it does, failed when a dead letter names it (the
-dead letter's reason is shown; stages that depend on a failed one fail with "upstream" reasons).
-Similar cases and the diagnosis vote are asked of the search service at read time, so they
-reflect the index as it is now.
+Consumes every stage's topic and the dead-letter topic into a per-study record (``store``): the
+dead letter's reason is shown on the failed stage. Similar cases and the diagnosis vote are asked
+of the search service at read time, so they reflect the index as it is now. Wired on the shared
+stage base.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import threading
 import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -21,96 +17,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from cxrmesh.contracts import topics
 from cxrmesh.contracts.errors import InvalidArgument, NotFound
 from cxrmesh.runtime.grpc_server import ServiceRuntime
-from cxrmesh.runtime.kafka import Consumer, Event, EventProducer
-from cxrmesh.runtime.settings import StudyViewSettings
-from cxrmesh.runtime.tables import SqliteStore, kafka_config
+from cxrmesh.runtime.kafka import Event
+from cxrmesh.services.flow import FLOW
+from cxrmesh.services.stage import GrpcApi, StageService
+from cxrmesh.services.studyview.settings import StudyViewSettings
+from cxrmesh.services.studyview.store import FAILED_BY, STAGES, TOPIC_STAGE, ViewStore
 from cxrmesh.v1 import events_pb2, search_pb2, search_pb2_grpc, studyview_pb2, studyview_pb2_grpc
-
-# stage -> the topic whose event completes it
-STAGES: dict[str, str] = {
-    "ingested": topics.STUDY_INGESTED,
-    "embedded": topics.STUDY_EMBEDDED,
-    "segmented": topics.STUDY_SEGMENTED,
-    "quantified": topics.STUDY_QUANTIFIED,
-    "prognosis": topics.STUDY_PROGNOSIS,
-}
-# the service whose dead letters fail a stage, and what each stage needs first
-FAILED_BY = {
-    "embedding": "embedded",
-    "segmentation": "segmented",
-    "quantification": "quantified",
-    "prognosis": "prognosis",
-}
-NEEDS = {
-    "embedded": ("ingested",),
-    "segmented": ("ingested",),
-    "quantified": ("segmented",),
-    "prognosis": ("embedded", "quantified"),
-}
-TOPIC_STAGE = {topic: stage for stage, topic in STAGES.items()}
-
-
-class ViewStore(SqliteStore):
-    """Stage states and the latest message of each stage, per study."""
-
-    def __init__(self, path: Path):
-        super().__init__(
-            path,
-            """
-            CREATE TABLE IF NOT EXISTS stages (study_key TEXT, stage TEXT, state INTEGER, reason TEXT,
-                updated_at REAL, PRIMARY KEY (study_key, stage));
-            CREATE TABLE IF NOT EXISTS payloads (study_key TEXT, stage TEXT, message BLOB,
-                PRIMARY KEY (study_key, stage));
-            """,
-        )
-        self.changed = threading.Condition()
-
-    def done(self, key: str, stage: str, message: bytes) -> None:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute("INSERT OR REPLACE INTO payloads VALUES (?, ?, ?)", (key, stage, message))
-            self._set(key, stage, studyview_pb2.STAGE_DONE, "")
-            if stage == "ingested":
-                for other in STAGES:
-                    self._db.execute(
-                        "INSERT OR IGNORE INTO stages VALUES (?, ?, ?, '', ?)",
-                        (key, other, studyview_pb2.STAGE_PENDING, time.time()),
-                    )
-            self._db.execute("COMMIT")
-        self._notify()
-
-    def failed(self, key: str, stage: str, reason: str) -> None:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            row = self._db.execute(
-                "SELECT state FROM stages WHERE study_key=? AND stage=?", (key, stage)
-            ).fetchone()
-            if not row or row[0] != studyview_pb2.STAGE_DONE:  # a later success wins over an old failure
-                self._set(key, stage, studyview_pb2.STAGE_FAILED, reason)
-                for later, needs in NEEDS.items():
-                    if stage in needs:
-                        self._set(key, later, studyview_pb2.STAGE_FAILED, f"upstream stage {stage} failed")
-            self._db.execute("COMMIT")
-        self._notify()
-
-    def _set(self, key: str, stage: str, state: int, reason: str) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO stages VALUES (?, ?, ?, ?, ?)", (key, stage, state, reason, time.time())
-        )
-
-    def _notify(self) -> None:
-        with self.changed:
-            self.changed.notify_all()
-
-    def load(self, key: str) -> tuple[list[tuple[str, int, str, float]], dict[str, bytes]]:
-        with self._lock:
-            stages = self._db.execute(
-                "SELECT stage, state, reason, updated_at FROM stages WHERE study_key = ?", (key,)
-            ).fetchall()
-            payloads = dict(
-                self._db.execute("SELECT stage, message FROM payloads WHERE study_key = ?", (key,)).fetchall()
-            )
-        return stages, payloads
 
 
 class ViewWorker:
@@ -213,31 +125,16 @@ class StudyViewServicer(studyview_pb2_grpc.StudyViewServiceServicer):
 
 
 def build(settings: StudyViewSettings) -> ServiceRuntime:
-    runtime = ServiceRuntime(settings)
-    store = ViewStore(settings.data_dir / "studyview" / "views.sqlite")
-    channel = grpc.insecure_channel(settings.search_url)
-    cfg = dataclasses.replace(
-        kafka_config(settings, "cxrmesh-studyview"), dead_letter_topic=topics.STUDYVIEW_DEAD_LETTER
-    )
-    producer = EventProducer(cfg)  # dead letters
-    types = {topic: topics.MESSAGE_TYPES[topic] for topic in (*STAGES.values(), topics.DEAD_LETTER)}
-    consumer = Consumer(cfg, types, ViewWorker(store), producer, service=settings.service)
-    runtime.add_service(
-        studyview_pb2.DESCRIPTOR.services_by_name["StudyViewService"].full_name,
-        studyview_pb2_grpc.add_StudyViewServiceServicer_to_server,
+    service = StageService(settings, FLOW["studyview"])
+    store = service.closing(ViewStore(settings.data_dir / "studyview" / "views.sqlite"))
+    channel = service.closing(grpc.insecure_channel(settings.search_url))
+    service.api(
+        GrpcApi.of(studyview_pb2, studyview_pb2_grpc, "StudyViewService"),
         StudyViewServicer(settings, store, search_pb2_grpc.SearchServiceStub(channel)),
     )
-    runtime.add_dependency("kafka", consumer.healthy)
-    runtime.add_dependency("storage", store.ping)
-    runtime.add_worker("consumer", consumer.run)
-    for close in (producer.close, store.close, channel.close):
-        runtime.on_close(close)
-    return runtime
+    service.depends_on("storage", store.ping)
+    return service.consume(ViewWorker(store))
 
 
 def main() -> None:
     build(StudyViewSettings()).run()
-
-
-if __name__ == "__main__":
-    main()

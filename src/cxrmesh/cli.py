@@ -119,7 +119,8 @@ def train(
 ) -> None:
     """Train the four models (resumable; seeded) and evaluate them on the test split."""
     try:
-        from cxrmesh.ml.train import PRECISIONS, TrainConfig, train_all
+        from cxrmesh.ml.loop import PRECISIONS
+        from cxrmesh.ml.train import TrainConfig, train_all
     except ImportError as exc:
         _fail(f"training needs the [train] extra (torch, segmentation-models-pytorch, ...): {exc}")
     if not (corpus / "manifest.jsonl").is_file():

@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 
 from cxrmesh.contracts import convert
-from cxrmesh.synth.corpus import manifest_clinical
+from cxrmesh.contracts.corpus import manifest_clinical
 from cxrmesh.v1 import common_pb2, ingestion_pb2, ingestion_pb2_grpc
 
 CHUNK = 1 << 20

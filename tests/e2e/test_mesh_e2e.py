@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from pydicom.data import get_testdata_file
 
 from cxrmesh.client import ingest_bytes, manifest_headers
-from cxrmesh.dicom.deid import phi_strings
+from cxrmesh.dicom.phi import phi_strings
 from cxrmesh.local.mesh import Mesh, MeshState, grpc_health
 from cxrmesh.runtime.grpc_server import error_reason
 from cxrmesh.v1 import (
@@ -237,7 +237,7 @@ def test_every_study_reaches_a_complete_view(mesh: Running, manifest: list[dict]
     """
     from cxrmesh.analysis.pixels import model_input
     from cxrmesh.runtime.blobs import bytes_array
-    from cxrmesh.services.quantification.service import quantify_study
+    from cxrmesh.services.quantification.measure import quantify_study
 
     for name, key in sorted(mesh.keys.items()):
         view = _watch(mesh, key)

@@ -18,9 +18,9 @@ from pydicom.data import get_testdata_file
 from cxrmesh.client import ingest_bytes
 from cxrmesh.contracts import topics
 from cxrmesh.local.broker import LocalBroker, ensure_topics
-from cxrmesh.runtime.settings import IngestionSettings
 from cxrmesh.services.ingestion.outbox import Outbox
 from cxrmesh.services.ingestion.service import build
+from cxrmesh.services.ingestion.settings import IngestionSettings
 from cxrmesh.v1 import events_pb2, ingestion_pb2_grpc
 
 

@@ -11,8 +11,6 @@ import itertools
 import logging
 import math
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -23,7 +21,7 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY, generate_latest
 
-from cxrmesh.local.ports import free_port
+from cxrmesh.local.milvus import MilvusLiteServer
 from cxrmesh.search import (
     DIAGNOSES,
     CaseFilter,
@@ -43,7 +41,6 @@ from cxrmesh.search import (
 
 DIM = 128
 FAST_RETRY = RetryPolicy(attempts=3, initial_backoff_s=0.05, max_backoff_s=0.2, jitter=0.0)
-MILVUS_LITE = Path(sys.prefix) / "bin" / "milvus-lite"
 
 
 def unit(v: np.ndarray) -> np.ndarray:
@@ -107,33 +104,6 @@ def filled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[CaseStore
     yield s, recs
     s.close()
     release_embedded(db)
-
-
-def start_server(data_dir: Path, port: int, log: Path) -> subprocess.Popen:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [
-                str(MILVUS_LITE),
-                "server",
-                "--data-dir",
-                str(data_dir),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
 
 
 def wait_until(pred: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
@@ -302,9 +272,9 @@ def test_filter_expression_is_built_from_escaped_literals() -> None:
         'site in ["site-a"] and sex in ["M"] and study_day > 0 and study_day <= 20201231'
         ' and patient_key != "P1"'
     )
-    from cxrmesh.search.store import _quote
+    from cxrmesh.search.filters import quote
 
-    assert _quote('M" or 1==1') == '"M\\" or 1==1"'  # the second fence, behind the allow-lists
+    assert quote('M" or 1==1') == '"M\\" or 1==1"'  # the second fence, behind the allow-lists
 
 
 def test_store_get_refuses_keys_that_would_break_the_expression(store: CaseStore) -> None:
@@ -449,7 +419,7 @@ def test_error_mapping_of_server_answers() -> None:
     """What a real server answers (which Lite cannot be made to) maps to the right class, redacted."""
     from pymilvus.exceptions import ErrorCode, MilvusException
 
-    from cxrmesh.search.store import _translate
+    from cxrmesh.search.translate import translate
 
     echo = 'cannot parse expression: patient_key != "P0042"'
     cases = [
@@ -460,7 +430,7 @@ def test_error_mapping_of_server_answers() -> None:
         (MilvusException(code=ErrorCode.COLLECTION_NOT_FOUND, message="collection not found"), StoreError),
     ]
     for exc, cls in cases:
-        err = _translate("search", exc)
+        err = translate("search", exc)
         assert type(err) is cls
         assert "P0042" not in str(err)
 
@@ -468,36 +438,14 @@ def test_error_mapping_of_server_answers() -> None:
 # ----------------------------------------------------------------------------- Milvus Lite server (uri=http://)
 
 
-class LiteServer:
-    """A ``milvus-lite server`` subprocess on a fixed port and data dir (so it can be restarted)."""
-
-    def __init__(self, data_dir: Path, log: Path) -> None:
-        self.port, self.data_dir, self.log = free_port(), data_dir, log
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def uri(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.proc = start_server(self.data_dir, self.port, self.log)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            stop_server(self.proc)
-        self.proc = None
-
-
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[LiteServer]:
-    srv = LiteServer(tmp_path / "milvus", tmp_path / "milvus.log")
-    srv.start()
-    yield srv
-    srv.stop()
+def server(tmp_path: Path) -> Iterator[MilvusLiteServer]:
+    with MilvusLiteServer(tmp_path / "milvus", tmp_path / "milvus.log") as srv:
+        yield srv
 
 
 def test_server_code_path_then_unavailable_after_the_configured_attempts(
-    server: LiteServer, caplog: pytest.LogCaptureFixture
+    server: MilvusLiteServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     s = CaseStore(server.uri, dim=DIM, index="IVF_FLAT", retry=FAST_RETRY, timeout_s=2.0)
     wait_until(s.ping, "milvus-lite server")
@@ -664,7 +612,7 @@ def test_vote_matches_the_training_metric_reference_rule() -> None:
 def test_vote_accuracy_equals_retrieval_metrics_vote_accuracy_at_10() -> None:
     """Against the training code itself (imports torch: skipped where it is not installed)."""
     pytest.importorskip("torch")
-    from cxrmesh.ml.train import retrieval_metrics
+    from cxrmesh.ml.metrics import retrieval_metrics
 
     rng = np.random.default_rng(11)
     gallery, g_labels = _clustered(rng, 400)

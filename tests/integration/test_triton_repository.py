@@ -1,7 +1,8 @@
 """The Triton model repository: configs follow the spec, and a real CPU ``tritonserver`` serves it like ORT.
 
 One server (``--model-config-name=cpu``) is started for the whole session on free loopback ports.
-The repository is built from the committed, trained models (``cxrmesh.export.onnx_dir_for_tests``).
+The repository is built from the committed, trained models (``cxrmesh.export.onnx_dir_for_tests``); the
+server runs them on cxrmesh's python-based backends (``cxrmesh.export.backends``).
 """
 
 from __future__ import annotations
@@ -31,15 +32,17 @@ from cxrmesh.contracts.tensors import (
     example_inputs,
 )
 from cxrmesh.export import build_trt
-from cxrmesh.export.repository import (
+from cxrmesh.export.backends import BACKENDS, ONNX_RUNTIME_BACKEND, SEG_ENSEMBLE_BACKEND, backend_folders
+from cxrmesh.export.repository import VERSION_MARKER, write_repository
+from cxrmesh.local.triton_server import TritonServer, prepare_backends, running_server, server_command
+from cxrmesh.ml.repository import (
     CPU_PROFILE,
+    ENV_MODEL_REPOSITORY,
     ONNX_FILE,
-    PYTHON_FILE,
     member_weights,
+    model_repository,
     read_config,
-    write_repository,
 )
-from cxrmesh.local.triton_server import TritonServer, running_server, server_command
 
 TOLERANCE = 1e-5
 
@@ -114,7 +117,7 @@ def test_configs_parse_and_match_spec(repository: Path, spec: ModelSpec) -> None
 
     gpu = read_config(repository / spec.name / "config.pbtxt")
     cpu = read_config(repository / spec.name / "configs" / f"{CPU_PROFILE}.pbtxt")
-    assert cpu.backend == "python"
+    assert cpu.backend == (ONNX_RUNTIME_BACKEND if spec in ONNX_MODELS else SEG_ENSEMBLE_BACKEND)
     assert cpu.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
     if spec in ONNX_MODELS:
         assert (gpu.platform, gpu.default_model_filename) == ("tensorrt_plan", "model.plan")
@@ -132,10 +135,21 @@ def test_profiles_have_identical_tensor_names(repository: Path, spec: ModelSpec)
     assert [t.name for t in gpu.output] == [t.name for t in cpu.output]
 
 
-def test_onnx_models_share_one_python_model(repository: Path) -> None:
-    scripts = {(repository / s.name / "1" / PYTHON_FILE).read_bytes() for s in ONNX_MODELS}
-    assert len(scripts) == 1
-    assert (repository / SEG_ENSEMBLE.name / "1" / PYTHON_FILE).read_bytes() not in scripts
+def test_onnx_models_share_one_backend_and_the_repository_holds_no_code(repository: Path) -> None:
+    cpu_configs = [repository / s.name / "configs" / f"{CPU_PROFILE}.pbtxt" for s in ONNX_MODELS]
+    backends = {read_config(path).backend for path in cpu_configs}
+    assert backends == {ONNX_RUNTIME_BACKEND}
+    assert read_config(repository / SEG_ENSEMBLE.name / "config.pbtxt").backend not in backends
+    assert not list(repository.rglob("*.py")), "model code belongs in export/triton_backends/"
+    assert (repository / SEG_ENSEMBLE.name / "1").is_dir(), "Triton serves a model only with a version folder"
+
+
+def test_model_repository_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV_MODEL_REPOSITORY, str(tmp_path))
+    assert model_repository() == tmp_path.resolve()
+    monkeypatch.setenv(ENV_MODEL_REPOSITORY, str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match=ENV_MODEL_REPOSITORY):
+        model_repository()
 
 
 def test_missing_onnx_files_are_named(tmp_path: Path) -> None:
@@ -149,8 +163,22 @@ def test_server_command_cpu_profile(repository: Path, tmp_path: Path) -> None:
     backends = Path(next(a for a in argv if a.startswith("--backend-directory=")).split("=", 1)[1])
     assert (backends / "python" / "triton_python_backend_stub").is_file()
     assert (backends / "python" / "libtriton_python.so").is_file()
+    for name, source in backend_folders().items():  # the python-based backends the configs name
+        assert (backends / name / "model.py").read_bytes() == (source / "model.py").read_bytes()
+    assert set(BACKENDS) == {ONNX_RUNTIME_BACKEND, SEG_ENSEMBLE_BACKEND}
     assert "nvidia_pytriton.libs" in env["LD_LIBRARY_PATH"]
     assert env["PATH"].split(":")[0] == str(Path(sys.executable).parent)
+
+
+def test_a_system_servers_backends_are_linked_beside_ours(tmp_path: Path) -> None:
+    prefix = tmp_path / "opt" / "tritonserver"  # the NGC container's layout
+    for folder in ("bin", "backends/python", "backends/tensorrt"):
+        (prefix / folder).mkdir(parents=True)
+    (prefix / "bin" / "tritonserver").write_text("")
+    backends = prepare_backends(tmp_path / "cache", prefix / "bin" / "tritonserver")
+    assert (backends / "tensorrt").resolve() == (prefix / "backends" / "tensorrt").resolve()
+    assert (backends / "python").is_symlink()
+    assert all((backends / name / "model.py").is_file() for name in BACKENDS)
 
 
 # --- a real server ------------------------------------------------------------------------------------------
@@ -316,8 +344,8 @@ def test_served_models_find_lungs_and_landmarks_on_held_out_studies(
 
 
 def test_committed_repository_is_what_the_writer_produces(tmp_path: Path) -> None:
-    """model_repository/ is generated: its configs and per-model model.py copies must not drift."""
-    committed = cxrmesh.export.REPOSITORY
+    """model_repository/ is generated: its configs must not drift, and it holds no model code."""
+    committed = model_repository()
     regenerated = tmp_path / "repo"
     params = read_config(committed / SEG_ENSEMBLE.name / "config.pbtxt").parameters
     fitted = params["member_weights"].string_value.split(",") if "member_weights" in params else None
@@ -326,9 +354,12 @@ def test_committed_repository_is_what_the_writer_produces(tmp_path: Path) -> Non
         cxrmesh.export.onnx_dir_for_tests(tmp_path / "onnx"), regenerated, ensemble_weights=weights
     )
     generated = sorted(
-        p.relative_to(regenerated) for p in regenerated.rglob("*") if p.suffix in {".pbtxt", ".py"}
+        p.relative_to(regenerated)
+        for p in regenerated.rglob("*")
+        if p.suffix == ".pbtxt" or p.name == VERSION_MARKER
     )
     assert generated, "writer produced no configs"
+    assert not list(committed.rglob("*.py")), "model.py files in model_repository/: the backends run them"
     for rel in generated:
         assert (committed / rel).read_text() == (regenerated / rel).read_text(), (
             f"{rel} differs: rerun cxrmesh export"

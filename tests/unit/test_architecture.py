@@ -1,9 +1,9 @@
 """The dependency rule of docs/architecture.md, checked on every import in the package.
 
 Layers, lowest first: contracts -> analysis (pure core) -> adapters -> assembly -> local stack -> CLI.
-A module may import its own component and any lower layer; never a higher layer, and never another component of its
-own layer. No import cycle between modules either. Function-level (lazy) and TYPE_CHECKING imports count:
-they are dependencies all the same.
+A module may import its own component and any lower layer; never a higher layer, and never another
+component of its own layer. No import cycle between modules either. Function-level (lazy) and
+TYPE_CHECKING imports count: they are dependencies all the same.
 
 Why not import-linter: it builds its graph from one directory per top-level package, and ``cxrmesh.export``
 and ``cxrmesh.services`` live in the top-level ``export/`` and ``services/`` folders (the layout users were
@@ -180,3 +180,10 @@ def test_the_check_catches_a_wrong_import(edge: tuple[str, str], why: str) -> No
 
 def test_the_check_catches_a_cycle() -> None:
     assert cycles([("a", "b"), ("b", "c"), ("c", "a"), ("c", "d")]) == [["a", "b", "c"]]
+
+
+def test_every_package_folder_is_in_the_wheel() -> None:
+    """A package folder that pyproject does not list would be missing from a non-editable install."""
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {name for name, path in modules().items() if path.name == "__init__.py"}
+    assert folders - listed == set(), f"add to [tool.setuptools] packages: {sorted(folders - listed)}"

@@ -12,8 +12,9 @@ from PIL import Image
 
 from cxrmesh.analysis.pixels import letterbox, to_display
 from cxrmesh.analysis.regions import REGION_KEYS, Lung, Region, landmark_problems, split_regions
+from cxrmesh.contracts.corpus import read_manifest
 from cxrmesh.contracts.preprocessing import MODEL_SIZE, TRAINING_COPY_MAX
-from cxrmesh.synth.corpus import generate, plan_corpus, read_manifest
+from cxrmesh.synth.corpus import generate, plan_corpus
 from cxrmesh.synth.disease import extent_from_fraction, rale_total
 
 CR = "1.2.840.10008.5.1.4.1.1.1"

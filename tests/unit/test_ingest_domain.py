@@ -6,7 +6,6 @@ the real radiograph RG1 from pydicom-data in every encoding it ships.
 
 from __future__ import annotations
 
-import importlib
 import io
 import pickle
 import re
@@ -28,6 +27,7 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import UID, ExplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit
 
 from cxrmesh.analysis.pixels import Letterbox, to_display
+from cxrmesh.contracts.corpus import read_training_copy
 from cxrmesh.contracts.preprocessing import MODEL_SIZE
 from cxrmesh.dicom import (
     MAX_DICOM_BYTES,
@@ -41,12 +41,12 @@ from cxrmesh.dicom import (
     read_dicom,
     validate,
 )
-from cxrmesh.dicom import deid as deid_module
-from cxrmesh.synth.corpus import read_training_copy
+from cxrmesh.dicom import phi as phi_module
+from cxrmesh.dicom import profile as profile_module
+from cxrmesh.dicom import read as read_module
+from cxrmesh.dicom.truncation import truncation
 
 SECRET = b"cxrmesh-test-secret-not-for-production"
-# the package re-exports the function validate(), which shadows the module of the same name
-validate_module = importlib.import_module("cxrmesh.dicom.validate")
 RG1 = ("RG1_UNCR.dcm", "RG1_UNCI.dcm", "RG1_J2KR.dcm", "RG1_J2KI.dcm", "RG1_JPLY.dcm")
 CODE_MEANINGS = {"113100", "113107", "113108"}
 
@@ -118,7 +118,7 @@ def test_corpus_dicoms_normalise_to_the_training_copy(corpus: Path, corpus_deid:
         norm = normalise(deid.dataset, stored)
         assert norm.display.dtype == np.float32 and norm.display.shape == (MODEL_SIZE, MODEL_SIZE)
         assert norm.display.min() >= 0.0 and norm.display.max() <= 1.0
-        # the same tolerance as tests/test_corpus.py (the DICOM is the full-resolution detector image
+        # the same tolerance as tests/unit/test_corpus.py (the DICOM is the full-resolution detector image
         # with its own noise; the training copy comes from the working grid)
         copy = read_training_copy(corpus / row["paths"]["image"])
         assert np.abs(norm.display - copy).mean() < 0.02
@@ -211,7 +211,7 @@ def test_each_fault_gets_its_own_code(goods: dict[str, bytes], good_name: str) -
 
 def test_too_large(monkeypatch: pytest.MonkeyPatch, rg1: dict[str, bytes]) -> None:
     assert MAX_DICOM_BYTES == 128 * 1024 * 1024
-    monkeypatch.setattr(validate_module, "MAX_DICOM_BYTES", 100_000)
+    monkeypatch.setattr(read_module, "MAX_DICOM_BYTES", 100_000)
     err = _reject(rg1["RG1_J2KI.dcm"])
     assert err.code == "too_large" and "100000 bytes" in err.reason
 
@@ -223,6 +223,21 @@ def test_cut_anywhere_is_truncated_or_not_dicom(rg1: dict[str, bytes], name: str
     n = int(len(raw) * keep) if isinstance(keep, float) else (len(raw) + keep if keep < 0 else keep)
     err = _reject(raw[:n])
     assert err.code == ("not_dicom" if n < 132 else "truncated"), err
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["MR_small_implicit.dcm", "MR_small_bigendian.dcm", "image_dfl.dcm", "emri_small_jpeg_2k_lossless.dcm"],
+)
+def test_truncation_in_every_encoding(name: str) -> None:
+    """Implicit VR, big endian, deflated and encapsulated streams: whole files are complete, and
+    a cut inside the meta header, an element header, a value or the deflated stream is found."""
+    raw = _testdata(name)
+    if raw is None:
+        pytest.skip(f"{name} not installed")
+    assert truncation(raw) is None
+    for n in (136, 200, len(raw) // 3, len(raw) // 2):
+        assert truncation(raw[:n]) is not None, n
 
 
 def test_real_non_chest_radiograph_rejected() -> None:
@@ -503,10 +518,10 @@ def test_metadata(corpus_deid: list) -> None:
 
 def test_action_table_names_real_attributes() -> None:
     names = [
-        *deid_module.ACTIONS,
-        *deid_module.SAFE_TEXT,
-        *deid_module.SAFE_BINARY,
-        *deid_module.IDENTIFYING_KEYWORDS,
+        *profile_module.ACTIONS,
+        *profile_module.SAFE_TEXT,
+        *profile_module.SAFE_BINARY,
+        *phi_module.IDENTIFYING_KEYWORDS,
     ]
     assert [k for k in names if tag_for_keyword(k) is None] == []
-    assert not set(deid_module.SAFE_TEXT) & set(deid_module.ACTIONS)
+    assert not set(profile_module.SAFE_TEXT) & set(profile_module.ACTIONS)

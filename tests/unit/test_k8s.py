@@ -1,11 +1,14 @@
 """Offline checks of the Kubernetes deployment (k8s/) and the container build files (docker/).
 
-No cluster and no Docker here: these tests parse every manifest and compare it with the code - the
-services that exist, their pydantic settings classes (``cxrmesh.runtime.settings``), their ports and
-the Kafka partition count - and check the kustomizations, probes, secrets, security and network
-policy. ``kubectl kustomize`` renders the overlays when kubectl (or kustomize) is installed, and
-``kubernetes-validate`` checks every object against the Kubernetes 1.27 schema when it is installed;
-each of those tests is skipped otherwise.
+No cluster and no Docker here. Each service is a folder of k8s/base/services/ that states only what
+is its own (name, ports, a patch) on a shared template (a kustomize Component), so the objects exist
+only once rendered: ``kustomize build`` (or ``kubectl kustomize``, which embeds it) renders the base
+and the overlays, and the tests compare the rendered objects with the code - the services that exist,
+their pydantic settings classes (``cxrmesh.services.settings``), their ports and the Kafka partition
+count - and check probes, secrets, security and network policy. The files themselves (YAML, the
+kustomizations' references, each service folder's name and ports) are checked without a renderer;
+the tests of rendered objects are skipped when neither kustomize nor kubectl is installed.
+``kubernetes-validate`` checks every object against the Kubernetes 1.27 schema when it is installed.
 """
 
 from __future__ import annotations
@@ -27,13 +30,15 @@ from pydantic import SecretStr
 
 from cxrmesh.contracts import topics
 from cxrmesh.local import mesh
-from cxrmesh.runtime import settings as settings_module
 from cxrmesh.runtime.settings import ServiceSettings
+from cxrmesh.services import settings as settings_module
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 BASE = K8S / "base"
 OVERLAYS = sorted(p.parent for p in (K8S / "overlays").glob("*/kustomization.yaml"))
+SERVICE_FOLDERS = BASE / "services"
+TEMPLATE = SERVICE_FOLDERS / "template"
 SERVICES_DIR = ROOT / "services"
 DOCKER = ROOT / "docker"
 
@@ -58,6 +63,10 @@ def kustomization(directory: Path) -> dict[str, Any]:
     return load_docs(directory / "kustomization.yaml")[0]
 
 
+def kustomization_dirs() -> list[Path]:
+    return sorted(p.parent for p in K8S.rglob("kustomization.yaml"))
+
+
 def referenced_paths(directory: Path) -> Iterator[tuple[Path, str]]:
     """(path, field) of every file or directory a kustomization names, relative paths resolved."""
     k = kustomization(directory)
@@ -75,14 +84,58 @@ def referenced_paths(directory: Path) -> Iterator[tuple[Path, str]]:
             yield (directory / entry.split("=", 1)[-1]).resolve(), "generator"
 
 
+def reachable_files(directory: Path) -> set[Path]:
+    """Every file a kustomization uses, through the kustomizations and components it names."""
+    files: set[Path] = set()
+    for path, _ in referenced_paths(directory):
+        files |= reachable_files(path) if path.is_dir() else {path}
+    return files
+
+
+def kustomize_command() -> list[str] | None:
+    if shutil.which("kustomize"):
+        return ["kustomize", "build"]
+    if shutil.which("kubectl"):
+        return ["kubectl", "kustomize"]
+    return None
+
+
 @functools.cache
+def rendered(directory: Path) -> tuple[dict[str, Any], ...]:
+    cmd = kustomize_command()
+    if cmd is None:
+        pytest.skip("neither kustomize nor kubectl is installed: the services exist only rendered")
+    out = subprocess.run([*cmd, str(directory)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return tuple(d for d in yaml.safe_load_all(out.stdout) if d)
+
+
 def base_docs() -> tuple[dict[str, Any], ...]:
-    """Every object of the base kustomization, in order (its resources are files)."""
-    docs: list[dict[str, Any]] = []
-    for path, field in referenced_paths(BASE):
-        if field == "resources":
-            docs.extend(load_docs(path))
-    return tuple(docs)
+    """Every object of the base kustomization as kustomize renders it."""
+    return rendered(BASE)
+
+
+def service_folders() -> dict[str, Path]:
+    """service name -> its folder: the kustomizations (not the shared components) in k8s/base/services."""
+    return {
+        p.name: p
+        for p in sorted(SERVICE_FOLDERS.iterdir())
+        if (p / "kustomization.yaml").is_file()
+        and kustomization(p).get("kind", "Kustomization") == "Kustomization"
+    }
+
+
+def service_values(folder: Path) -> dict[str, str]:
+    """The ``<name>-values`` literals (name, grpc-port, metrics-port) a service folder gives the template."""
+    generators = kustomization(folder).get("configMapGenerator") or []
+    found = [g for g in generators if g["name"] == f"{folder.name}-values"]
+    assert len(found) == 1, f"{folder}: no {folder.name}-values generator"
+    options = found[0].get("options") or {}
+    assert options.get("disableNameSuffixHash") is True, f"{folder}: the replacements need a stable name"
+    assert (options.get("annotations") or {}).get("config.kubernetes.io/local-config") == "true", (
+        f"{folder}: {folder.name}-values must be local-config (never applied)"
+    )
+    return dict(literal.split("=", 1) for literal in found[0]["literals"])
 
 
 def of_kind(docs: tuple[dict[str, Any], ...] | list[dict[str, Any]], *kinds: str) -> list[dict[str, Any]]:
@@ -238,23 +291,50 @@ def test_every_yaml_parses_into_kubernetes_objects() -> None:
 
 
 def test_kustomizations_reference_files_that_exist() -> None:
-    dirs = [BASE, *OVERLAYS]
     assert {p.name for p in OVERLAYS} >= {"cpu", "gpu"}
-    for directory in dirs:
+    for directory in kustomization_dirs():
         for path, field in referenced_paths(directory):
             assert path.exists(), f"{directory / 'kustomization.yaml'}: {field} {path} does not exist"
             if path.is_dir():
                 assert (path / "kustomization.yaml").is_file(), f"{path} is not a kustomization"
+                kind = kustomization(path).get("kind", "Kustomization")
+                expected = "Component" if field == "components" else "Kustomization"
+                assert kind == expected, f"{directory}: {field} {path} is a {kind}"
 
 
-def test_base_lists_every_manifest_but_the_secret_template() -> None:
-    listed = {p for p, field in referenced_paths(BASE) if field == "resources"}
+def test_base_uses_every_manifest_but_the_secret_template() -> None:
+    used = reachable_files(BASE)
     on_disk = {p.resolve() for p in BASE.rglob("*.yaml") if p.name != "kustomization.yaml"}
     template = (BASE / "secret.template.yaml").resolve()
     assert template.is_file()
-    assert template not in listed, "the Secret template must never be applied with its placeholders"
-    assert on_disk - listed == {template}, f"manifests not in the base kustomization: {on_disk - listed}"
-    assert not of_kind(base_docs(), "Secret"), "Secrets are created by hand (k8s/README.md), not applied"
+    assert template not in used, "the Secret template must never be applied with its placeholders"
+    assert on_disk - used == {template}, f"manifests the base kustomization does not use: {on_disk - used}"
+
+
+def test_every_service_is_a_folder_on_the_template(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One folder per service: its name and ports (the settings defaults), the shared template."""
+    base_resources = {p for p, field in referenced_paths(BASE) if field == "resources"}
+    assert set(service_folders()) == service_packages(), "one folder per service package"
+    for service, folder in service_folders().items():
+        assert folder.resolve() in base_resources, f"the base does not list {folder}"
+        components = [(folder / c).resolve() for c in kustomization(folder).get("components") or []]
+        assert components[:1] == [TEMPLATE.resolve()], f"{folder}: the template must come first"
+        values = service_values(folder)
+        cls = settings_class(service)
+        assert values["name"] == service
+        assert int(values["grpc-port"]) == cls.model_fields["grpc_port"].default, f"{service}: gRPC port"
+        assert int(values["metrics-port"]) == cls.model_fields["metrics_port"].default, f"{service}: metrics"
+
+
+def test_no_placeholder_or_local_config_is_rendered() -> None:
+    docs = base_docs()
+    assert not of_kind(docs, "Secret"), "Secrets are created by hand (k8s/README.md), not applied"
+    assert not [d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-values")]
+    for doc in docs:
+        assert not doc["metadata"]["name"].startswith("service"), f"a template placeholder: {doc['kind']}"
+    for workload, container in service_workloads().values():
+        assert container["name"] == workload["metadata"]["name"], "the container is named after its service"
+        assert 0 not in named_ports(container).values(), f"{container['name']}: a placeholder port"
 
 
 def test_namespace_and_unique_names() -> None:
@@ -308,6 +388,9 @@ def test_settings_are_complete_and_ports_match(service: str, monkeypatch: pytest
     ports = named_ports(container)
     assert ports.get("grpc") == s.grpc_port, f"{service}: container port grpc != CXRMESH_GRPC_PORT"
     assert ports.get("metrics") == s.metrics_port, f"{service}: port metrics != CXRMESH_METRICS_PORT"
+    defaults = settings_class(service).model_fields
+    assert s.grpc_port == defaults["grpc_port"].default, f"{service}: gRPC port is not the settings default"
+    assert s.metrics_port == defaults["metrics_port"].default, f"{service}: metrics port is not the default"
     assert s.grpc_host in ("0.0.0.0", "::", "[::]"), f"{service}: binds {s.grpc_host}, unreachable to probes"
     for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
         probe = container.get(kind)
@@ -563,29 +646,11 @@ def test_container_build_files() -> None:
 def test_every_service_package_is_in_the_wheel() -> None:
     """The image installs the project as a wheel: `python -m cxrmesh.services.X` needs X listed there."""
     packages = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    missing = {f"cxrmesh.services.{s}" for s in service_workloads()} - packages
+    missing = {f"cxrmesh.services.{s}" for s in service_folders()} - packages
     assert not missing, f"pyproject.toml [tool.setuptools] packages lacks {sorted(missing)}"
 
 
 # ------------------------------------------------------------------------------ rendered and validated
-
-
-def kustomize_command() -> list[str] | None:
-    if shutil.which("kustomize"):
-        return ["kustomize", "build"]
-    if shutil.which("kubectl"):
-        return ["kubectl", "kustomize"]
-    return None
-
-
-@functools.cache
-def rendered(overlay: Path) -> tuple[dict[str, Any], ...]:
-    cmd = kustomize_command()
-    if cmd is None:
-        pytest.skip("neither kustomize nor kubectl is installed")
-    out = subprocess.run([*cmd, str(overlay)], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    return tuple(d for d in yaml.safe_load_all(out.stdout) if d)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=[o.name for o in OVERLAYS])

@@ -13,19 +13,13 @@ from cxrmesh.analysis.quantify import region_table, region_vector
 from cxrmesh.contracts.tensors import BY_NAME, EMBED_DIM, MODEL_INPUT
 from cxrmesh.export.onnx_export import PARITY_TOLERANCE, check_parity, export_model
 from cxrmesh.ml import nets
-from cxrmesh.ml.train import (
-    TrainConfig,
-    _augment_seg,
-    _run,
-    auc,
-    autocast,
-    dice_scores,
-    load_data,
-    retrieval_metrics,
-    select_ensemble_weights,
-    train_all,
-    train_segmenter,
-)
+from cxrmesh.ml.augment import augment_seg
+from cxrmesh.ml.data import load_data
+from cxrmesh.ml.ensemble import select_ensemble_weights
+from cxrmesh.ml.loop import autocast, run_epochs
+from cxrmesh.ml.metrics import auc, dice_scores, retrieval_metrics
+from cxrmesh.ml.train import TrainConfig, train_all
+from cxrmesh.ml.trainers.segmenter import train_segmenter
 from cxrmesh.synth.corpus import generate
 
 
@@ -136,7 +130,7 @@ def test_a_time_budget_is_judged_at_the_current_pace_not_the_slow_first_epoch(tm
         time.sleep(0.6 if epoch == 0 else 0.01)
         yield model(torch.ones(1, 1)).sum()
 
-    _run("budgeted", model, 5, steps, tmp_path / "runs", tmp_path / "w", 1e-3, False, budget_s=2.0)
+    run_epochs("budgeted", model, 5, steps, tmp_path / "runs", tmp_path / "w", 1e-3, False, budget_s=2.0)
     history = (tmp_path / "runs" / "budgeted" / "history.jsonl").read_text().splitlines()
     assert len(history) == 5  # (at the first epoch's pace 3 would fit: 1 + 1.4 s / 0.6 s)
     assert (tmp_path / "w" / "budgeted.pt").is_file()
@@ -219,7 +213,7 @@ def test_segmentation_augmentation_keeps_labels_with_the_image_and_sides_by_posi
     torch.manual_seed(0)
     labels = _two_lungs(64)
     images = (labels > 0).float()[:, None]  # lungs bright, so image and labels must stay aligned
-    x, y = _augment_seg(images, labels)
+    x, y = augment_seg(images, labels)
     assert x.shape == images.shape and y.shape == labels.shape and y.dtype == torch.long
     assert float(x.min()) >= 0 and float(x.max()) <= 1
     assert set(torch.unique(y).tolist()) <= {0, 1, 2}

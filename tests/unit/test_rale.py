@@ -13,7 +13,7 @@ from scipy.stats import spearmanr
 from cxrmesh.analysis import rale
 from cxrmesh.analysis.quantify import region_table
 from cxrmesh.analysis.regions import REGION_KEYS, Region, split_regions
-from cxrmesh.synth.corpus import read_training_copy
+from cxrmesh.contracts.corpus import read_training_copy
 from cxrmesh.synth.disease import EXTENT_LIMITS, extent_from_fraction
 
 KEYS = tuple(REGION_KEYS.values())

@@ -11,16 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cxrmesh.analysis.overlay import LANDMARK_STYLE, LUNG_COLOURS, REGION_COLOURS
 from cxrmesh.analysis.regions import REGION_KEYS, split_regions
-from cxrmesh.reporting import study_report as report_html
-from cxrmesh.reporting.study_report import (
-    LANDMARK_STYLE,
-    REGION_COLOURS,
-    overlay_png,
-    screenshot,
-    text_report,
-    write_html_report,
-)
+from cxrmesh.local import screenshot as chromium
+from cxrmesh.local.screenshot import screenshot
+from cxrmesh.reporting.html import write_html_report
+from cxrmesh.reporting.overlays import overlay_png
+from cxrmesh.reporting.text import text_report
 from cxrmesh.runtime.blobs import NPY, LocalBlobStore, array_bytes
 from cxrmesh.v1 import common_pb2, events_pb2, studyview_pb2
 
@@ -164,7 +161,7 @@ def test_overlay_draws_lung_outlines_and_landmarks_where_they_are() -> None:
     row = 130 * 2
     edge_col = int(np.nonzero(lungs[130] == 1)[0].min()) * 2
     assert cols.min() * 2 <= edge_col
-    assert tuple(rgb[row, edge_col]) == report_html.LUNG_COLOURS[1]
+    assert tuple(rgb[row, edge_col]) == LUNG_COLOURS[1]
     # landmark rings: some pixels of each marker's colour within its radius around (x + 0.5) * 2
     for name, (x, y) in (("carina", CARINA), ("left_hilum", HILUM)):
         colour = np.array(LANDMARK_STYLE[name][1])
@@ -241,6 +238,17 @@ def test_html_report_survives_missing_parts(blobs: LocalBlobStore, tmp_path: Pat
     assert "in progress" in doc and "No similar cases." in doc and "No diagnosis vote." in doc
 
 
+def test_html_report_escapes_study_fields(blobs: LocalBlobStore, tmp_path: Path) -> None:
+    view = studyview_pb2.StudyView(study_key="<b>key</b>")
+    view.stages.add(name="ingested", state=studyview_pb2.STAGE_FAILED, reason='<script>alert("x")</script>')
+    view.metadata.modality = "CR & <i>DX</i>"
+    doc = write_html_report([view], blobs, tmp_path / "r", title="<title>").read_text(encoding="utf-8")
+    assert "<script>" not in doc and "&lt;script&gt;" in doc
+    assert "<b>key" not in doc and "&lt;b&gt;key" in doc
+    assert "<i>DX</i>" not in doc and "CR &amp; &lt;i&gt;DX" in doc
+    assert "<title>&lt;title&gt;</title>" in doc
+
+
 # --------------------------------------------------------------------------------------------- text
 
 
@@ -276,14 +284,14 @@ def test_text_report_explains_missing_prognosis() -> None:
 def test_screenshot_says_clearly_when_chromium_is_missing(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(report_html.shutil, "which", lambda name: None)
+    monkeypatch.setattr(chromium.shutil, "which", lambda name: None)
     html = tmp_path / "index.html"
     html.write_text("<html></html>")
     with pytest.raises(RuntimeError, match="apt-get install"):
         screenshot(html, tmp_path / "shot.png")
 
 
-@pytest.mark.skipif(report_html.find_chromium() is None, reason="headless Chromium is not installed")
+@pytest.mark.skipif(chromium.find_chromium() is None, reason="headless Chromium is not installed")
 def test_screenshot_renders_the_report(
     views: list[studyview_pb2.StudyView], blobs: LocalBlobStore, tmp_path: Path
 ) -> None:

@@ -9,16 +9,13 @@ No servers and no Kafka here; the gRPC ingestion service calls, in this order::
     norm = normalise(deid.dataset, stored)
 """
 
-from cxrmesh.dicom.deid import Deidentified, StudyMetadata, deidentify, phi_strings
+from cxrmesh.dicom.decode import decode_pixels
+from cxrmesh.dicom.deid import Deidentified, StudyMetadata, deidentify
 from cxrmesh.dicom.normalise import Normalised, normalise, pixel_spacing_mm
-from cxrmesh.dicom.validate import (
-    MAX_DICOM_BYTES,
-    REJECTION_CODES,
-    DicomRejected,
-    decode_pixels,
-    read_dicom,
-    validate,
-)
+from cxrmesh.dicom.phi import phi_strings
+from cxrmesh.dicom.read import MAX_DICOM_BYTES, read_dicom
+from cxrmesh.dicom.rejection import REJECTION_CODES, DicomRejected
+from cxrmesh.dicom.rules import validate
 
 __all__ = [
     "MAX_DICOM_BYTES",

@@ -6,9 +6,11 @@ file the same way.
 
 from __future__ import annotations
 
+from cxrmesh.dicom.decode import decode_pixels
 from cxrmesh.dicom.deid import Deidentified, deidentify
 from cxrmesh.dicom.normalise import Normalised, normalise
-from cxrmesh.dicom.validate import decode_pixels, read_dicom, validate
+from cxrmesh.dicom.read import read_dicom
+from cxrmesh.dicom.rules import validate
 
 
 def process_dicom(raw: bytes, secret: bytes) -> tuple[Deidentified, Normalised]:

@@ -17,9 +17,10 @@ from pathlib import Path
 import grpc
 
 from cxrmesh.client import header_from_manifest_row, ingest_bytes
+from cxrmesh.contracts.corpus import read_manifest
 from cxrmesh.local.mesh import Mesh
 from cxrmesh.runtime.blobs import open_blob_store
-from cxrmesh.synth.corpus import generate, read_manifest
+from cxrmesh.synth.corpus import generate
 from cxrmesh.v1 import ingestion_pb2, ingestion_pb2_grpc, studyview_pb2, studyview_pb2_grpc
 
 
@@ -51,7 +52,8 @@ def run(
 ) -> DemoResult:
     from pydicom.data import get_testdata_file
 
-    from cxrmesh.reporting.study_report import text_report, write_html_report
+    from cxrmesh.reporting.html import write_html_report
+    from cxrmesh.reporting.text import text_report
 
     start = time.monotonic()
     corpus = out / "corpus"

@@ -23,19 +23,18 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from cxrmesh.contracts.ports import (
+    KAFKA,
+    MILVUS,
+    SERVICE_PORTS,
+    TRITON_GRPC,
+    TRITON_HTTP,
+    TRITON_METRICS,
+)
 from cxrmesh.local.ports import free_port
 
 # start order: prognosis and study view ask search at run time
 SERVICES = ("ingestion", "embedding", "search", "segmentation", "quantification", "prognosis", "studyview")
-FIXED_PORTS = {  # grpc, metrics (the documented defaults; --ports auto picks free ones)
-    "ingestion": (50051, 9461),
-    "embedding": (50052, 9462),
-    "search": (50053, 9463),
-    "segmentation": (50054, 9464),
-    "quantification": (50055, 9465),
-    "prognosis": (50056, 9466),
-    "studyview": (50057, 9467),
-}
 STATE = "mesh.json"
 
 
@@ -131,8 +130,9 @@ class Mesh:
         self.services = [s for s in SERVICES if s in services]
 
     # ------------------------------------------------------------------ helpers
-    def _port(self, fixed: int) -> int:
-        return fixed if self.fixed_ports else free_port()
+    def _port(self, documented: int) -> int:
+        """The documented default port (``--ports fixed``), or a free one."""
+        return documented if self.fixed_ports else free_port()
 
     def _spawn(
         self, name: str, argv: list[str], env: Mapping[str, str] | None = None
@@ -201,7 +201,7 @@ class Mesh:
         from cxrmesh.contracts.topics import all_topics
         from cxrmesh.local.broker import ensure_topics, find_tansu, tansu_command
 
-        port = self._port(9092)
+        port = self._port(KAFKA)
         argv = tansu_command(find_tansu(), port, "cxrmesh-local")
         progress(f"kafka-protocol broker on 127.0.0.1:{port}")
         proc, log = self._spawn("broker", argv)
@@ -219,33 +219,26 @@ class Mesh:
         self._wait("broker", proc, log, topics_ready, timeout_s)
 
     def _start_milvus(self, state: MeshState, timeout_s: float, progress: Callable[[str], None]) -> None:
-        port = self._port(19530)
-        data = self.home / "milvus"
-        exe = Path(sys.executable).parent / "milvus-lite"
-        argv = [str(exe), "server", "--data-dir", str(data), "--host", "127.0.0.1", "--port", str(port)]
+        from cxrmesh.local.milvus import accepts_connections, milvus_lite_command
+
+        port = self._port(MILVUS)
+        argv = milvus_lite_command(self.home / "milvus", port)
         progress(f"milvus lite on 127.0.0.1:{port}")
         proc, log = self._spawn("milvus", argv)
         state.milvus = f"http://127.0.0.1:{port}"
         state.procs.append(Proc("milvus", proc.pid, str(log), state.milvus, kind="milvus"))
         state.save()
-
-        def milvus_ready() -> bool:
-            import socket
-
-            with socket.socket() as s:
-                s.settimeout(0.5)
-                return s.connect_ex(("127.0.0.1", port)) == 0
-
-        self._wait("milvus", proc, log, milvus_ready, timeout_s)
+        self._wait("milvus", proc, log, lambda: accepts_connections("127.0.0.1", port), timeout_s)
 
     def _start_triton(self, state: MeshState, timeout_s: float, progress: Callable[[str], None]) -> None:
-        from cxrmesh.export import REPOSITORY
         from cxrmesh.local.triton_server import server_command
+        from cxrmesh.ml.repository import model_repository
         from cxrmesh.runtime.triton import TritonClient
 
-        http, grpc_port, metrics = self._port(8000), self._port(8001), self._port(8002)
+        http, grpc_port, metrics = (self._port(p) for p in (TRITON_HTTP, TRITON_GRPC, TRITON_METRICS))
         # explicit model control: operators (and the failure tests) can unload/reload a model live
-        argv, env = server_command(self.repository or REPOSITORY, http, grpc_port, metrics, explicit=True)
+        repository = self.repository or model_repository()
+        argv, env = server_command(repository, http, grpc_port, metrics, explicit=True)
         progress(f"tritonserver (CPU profile) on 127.0.0.1:{grpc_port}")
         proc, log = self._spawn("triton", argv, env)
         state.triton = f"127.0.0.1:{grpc_port}"
@@ -269,7 +262,7 @@ class Mesh:
     def _start_service(
         self, state: MeshState, name: str, timeout_s: float, progress: Callable[[str], None]
     ) -> None:
-        port, metrics = (self._port(p) for p in FIXED_PORTS[name])
+        port, metrics = (self._port(p) for p in SERVICE_PORTS[name])
         env = {
             "CXRMESH_GRPC_PORT": str(port),
             "CXRMESH_METRICS_PORT": str(metrics),

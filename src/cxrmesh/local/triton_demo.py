@@ -15,8 +15,8 @@ from PIL import Image
 
 from cxrmesh.analysis.pixels import input_labels, model_input
 from cxrmesh.analysis.quantify import lung_dice
+from cxrmesh.contracts.corpus import read_manifest, read_training_copy
 from cxrmesh.contracts.tensors import EMBEDDER, LANDMARKER, SEG_ENSEMBLE
-from cxrmesh.synth.corpus import read_manifest, read_training_copy
 
 
 def _infer(client, spec, image: np.ndarray, outputs: list[str]) -> dict[str, np.ndarray]:
@@ -30,7 +30,7 @@ def _infer(client, spec, image: np.ndarray, outputs: list[str]) -> dict[str, np.
 
 def score_study(client, corpus: Path, row: dict[str, Any]) -> dict[str, Any]:
     """One corpus study through the served ensemble, landmarks and embedder, scored against its truth."""
-    from cxrmesh.ml.train import mm_per_input_pixel, to_input_frame
+    from cxrmesh.ml.data import mm_per_input_pixel, to_input_frame
 
     image = model_input(read_training_copy(corpus / row["paths"]["image"]))
     seg = _infer(client, SEG_ENSEMBLE, image, ["probs"])["probs"][0]

@@ -1,13 +1,16 @@
 """Start a real ``tritonserver`` on a cxrmesh model repository from Python (tests, benchmarks, cxrmesh up).
 
+The models run on cxrmesh's Triton python-based backends (``cxrmesh.export.backends``), which Triton
+finds only in its backend directory, so ``prepare_backends`` assembles one in a cache folder - the
+server's own backends plus ours - and the server gets ``--backend-directory``.
+
 On a CPU machine the server is the one inside the ``nvidia-pytriton`` wheel. That wheel ships the
 python backend without its stub: the stub for the running Python (``python_backend_stubs/3.X/``) must
-sit beside ``libtriton_python.so``, so ``prepare_backends`` assembles a backend directory in a cache
-folder and the server gets ``--backend-directory``. The copied stub loses its ``$ORIGIN`` rpath, so
-``nvidia_pytriton.libs`` goes on ``LD_LIBRARY_PATH``; and the stub embeds Python but takes its
-packages (numpy<2, onnxruntime) from the first ``python3`` on ``PATH``, so this interpreter's ``bin``
-goes first on ``PATH``. On a GPU host (``profile="gpu"``) a system ``tritonserver`` (the NGC container's,
-with the TensorRT backend) is preferred and used with its own backends.
+sit beside ``libtriton_python.so``, so the assembled folder gets a copy of both. The copied stub loses its
+``$ORIGIN`` rpath, so ``nvidia_pytriton.libs`` goes on ``LD_LIBRARY_PATH``; and the stub embeds Python
+but takes its packages (numpy<2, onnxruntime) from the first ``python3`` on ``PATH``, so this
+interpreter's ``bin`` goes first on ``PATH``. On a GPU host (``profile="gpu"``) a system
+``tritonserver`` (the NGC container's, with the TensorRT backend) is preferred, its backends linked.
 """
 
 from __future__ import annotations
@@ -29,12 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cxrmesh.local.ports import free_port
+from cxrmesh.ml.repository import CPU_PROFILE
 
-CPU_PROFILE = "cpu"
 GPU_PROFILE = "gpu"
 STUB = "triton_python_backend_stub"
 ENV_SERVER = "CXRMESH_TRITONSERVER"  # path to a tritonserver binary, overrides discovery
 ENV_CACHE = "CXRMESH_CACHE_DIR"
+TRITON_DEFAULT_BACKENDS = Path("/opt/tritonserver/backends")  # tritonserver's own default
 
 
 def _pytriton_dist() -> Path | None:
@@ -88,40 +92,69 @@ def is_wheel_server(server: Path) -> bool:
     return dist is not None and server.resolve() == (dist / "bin" / "tritonserver").resolve()
 
 
-def prepare_backends(cache: Path) -> Path:
-    """Assemble the wheel's backends plus this Python's stub under ``cache``; returns the backend directory.
+def _server_backends(server: Path) -> Path:
+    """The backends a ``tritonserver`` ships: ``<prefix>/backends`` beside ``<prefix>/bin/tritonserver``."""
+    beside = server.resolve().parent.parent / "backends"
+    return beside if beside.is_dir() else TRITON_DEFAULT_BACKENDS
 
-    The directory name hashes its sources, so a new pytriton or Python gets a fresh one, and it is built
-    in a temporary sibling and renamed into place, so concurrent callers (pytest-xdist) never see half of it.
-    """
-    dist = _pytriton_dist()
-    if dist is None:
-        raise FileNotFoundError(
-            "nvidia-pytriton is not installed: its tritonserver and python backend are needed"
-        )
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    stub = dist / "python_backend_stubs" / version / STUB
-    if not stub.is_file():
-        raise FileNotFoundError(f"nvidia-pytriton has no python backend stub for Python {version} ({stub})")
-    sources = sorted(
-        p for p in (dist / "backends").rglob("*") if p.is_file() and "__pycache__" not in p.parts
-    )
+
+def _digest(files: Sequence[Path]) -> str:
     digest = hashlib.sha256()
-    for path in [stub, *sources]:
+    for path in files:
         stat = path.stat()
         digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
-    target = cache / "triton" / f"backends-py{version}-{digest.hexdigest()[:12]}"
-    if (target / "python" / STUB).is_file():
+    return digest.hexdigest()[:12]
+
+
+def prepare_backends(cache: Path, server: Path | None = None) -> Path:
+    """Assemble ``server``'s backends plus cxrmesh's python-based ones under ``cache``; returns the folder.
+
+    cxrmesh's models name the python-based backends of ``cxrmesh.export.backends``, which Triton looks
+    for as ``<backend directory>/<name>/model.py`` beside the python backend. For the pytriton wheel's
+    server (the default) the python backend is copied with this Python's stub added; another server's
+    backends (the NGC container's, with TensorRT) are linked as they are. The folder name hashes its
+    sources, so a new pytriton, Python or backend source gets a fresh one, and it is built in a temporary
+    sibling and renamed into place, so concurrent callers (pytest-xdist) never see half of it.
+    """
+    from cxrmesh.export.backends import backend_folders
+
+    ours = backend_folders()
+    wheel = server is None or is_wheel_server(server)
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if wheel:
+        dist = _pytriton_dist()
+        if dist is None:
+            raise FileNotFoundError(
+                "nvidia-pytriton is not installed: its tritonserver and python backend are needed"
+            )
+        base, stub = dist / "backends", dist / "python_backend_stubs" / version / STUB
+        if not stub.is_file():
+            raise FileNotFoundError(
+                f"nvidia-pytriton has no python backend stub for Python {version} ({stub})"
+            )
+        sources = [stub, *(p for p in base.rglob("*") if p.is_file() and "__pycache__" not in p.parts)]
+    else:
+        base, stub = _server_backends(server), None
+        sources = [server.resolve()]
+    sources += [folder / "model.py" for folder in ours.values()]
+    target = cache / "triton" / f"backends-py{version}-{_digest(sorted(sources))}"
+    if all((target / name / "model.py").is_file() for name in ours):
         return target
 
     cache.joinpath("triton").mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".backends-", dir=cache / "triton"))
     try:
-        shutil.copytree(
-            dist / "backends", staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__")
-        )
-        shutil.copy2(stub, staging / "python" / STUB)
-        (staging / "python" / STUB).chmod(0o755)
+        if stub is not None:  # the wheel's python backend, small: copied so that the stub sits beside it
+            ignore = shutil.ignore_patterns("__pycache__")
+            shutil.copytree(base, staging, dirs_exist_ok=True, ignore=ignore)
+            shutil.copy2(stub, staging / "python" / STUB)
+            (staging / "python" / STUB).chmod(0o755)
+        else:  # a full server's backends (GBs with TensorRT): linked, not copied
+            for entry in base.iterdir() if base.is_dir() else ():
+                if entry.name not in ours:
+                    (staging / entry.name).symlink_to(entry)
+        for name, folder in ours.items():
+            shutil.copytree(folder, staging / name, ignore=shutil.ignore_patterns("__pycache__"))
         with contextlib.suppress(OSError):  # another process won the race: its copy is identical
             staging.rename(target)
     finally:
@@ -195,8 +228,8 @@ def server_command(
 
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    argv.append(f"--backend-directory={prepare_backends(cache or default_cache_dir(), server)}")
     if is_wheel_server(server):
-        argv.append(f"--backend-directory={prepare_backends(cache or default_cache_dir())}")
         libs = [str(p) for p in (_wheel_libs(), _libpython_dir()) if p]
         env["LD_LIBRARY_PATH"] = os.pathsep.join([*libs, *filter(None, [env.get("LD_LIBRARY_PATH")])])
     return [*argv, *extra_args], env

@@ -102,7 +102,7 @@ class Segmenter(nn.Module):
     in a radiograph displayed in standard orientation; without the coordinate a network has to
     infer it from texture and padding, and members trained on synthetic films labelled the lungs
     of the real test radiograph on the wrong sides, differently from one training run to the next.
-    Training mirrors films with labels re-assigned by position (``train._augment_seg``) so the
+    Training mirrors films with labels re-assigned by position (``augment.augment_seg``) so the
     coordinate is the cue that holds.
     """
 

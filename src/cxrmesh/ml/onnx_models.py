@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from cxrmesh.contracts.tensors import EMBEDDER, LANDMARKER, SEG_MEMBERS
+from cxrmesh.ml.repository import member_weights, onnx_path
 
 
 @dataclass
@@ -35,12 +36,10 @@ class OnnxModels:
         opts.intra_op_num_threads = threads
         self.sessions = {}
         for name in (*SEG_MEMBERS, EMBEDDER.name, LANDMARKER.name):
-            path = Path(repository) / name / "1" / "model.onnx"
+            path = onnx_path(repository, name)
             if not path.is_file():
                 raise FileNotFoundError(f"{path} missing: run `cxrmesh export` or check the repository path")
             self.sessions[name] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        from cxrmesh.export.repository import member_weights
-
         self.member_weights = member_weights(Path(repository))  # what the served ensemble uses
 
     def run(self, image: np.ndarray) -> Findings:

@@ -1,7 +1,8 @@
-"""Per-service result tables and Kafka wiring shared by the stage services.
+"""Durable tables of one service process (SQLite, WAL): the base every service's store builds on.
 
-Each stage keeps its latest result per study (SQLite, WAL) so its Get RPC answers without
-re-running a model, and builds its consumer/producer config from the common settings.
+Each stage keeps its latest result per study in a ``ResultTable`` so its Get RPC answers without
+re-running a model; the ingestion outbox, the prognosis joins and the study view derive their own
+tables from ``SqliteStore``.
 """
 
 from __future__ import annotations
@@ -12,9 +13,6 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 from google.protobuf.message import Message
-
-from cxrmesh.runtime.kafka import KafkaConfig
-from cxrmesh.runtime.settings import ServiceSettings
 
 M = TypeVar("M", bound=Message)
 
@@ -59,18 +57,3 @@ class ResultTable(SqliteStore, Generic[M]):
         with self._lock:
             row = self._db.execute("SELECT message FROM results WHERE study_key = ?", (key,)).fetchone()
         return self.message_type.FromString(row[0]) if row else None
-
-
-def kafka_config(settings: ServiceSettings, group: str, max_batch: int | None = None) -> KafkaConfig:
-    """The consumer/producer config of a stage service (group = its consumer group)."""
-    return KafkaConfig(
-        bootstrap=settings.kafka_bootstrap,
-        client_id=settings.service,
-        group_id=group,
-        max_batch=min(settings.kafka_max_batch, max_batch or settings.kafka_max_batch),
-        max_attempts=settings.kafka_max_attempts,
-        session_timeout_ms=settings.kafka_session_timeout_ms,
-        heartbeat_interval_ms=settings.kafka_heartbeat_ms,
-        request_timeout_ms=settings.kafka_request_timeout_ms,
-        delivery_timeout_ms=max(120000, settings.kafka_request_timeout_ms * 2),
-    )

@@ -1,6 +1,6 @@
 """Diagnosis by a similarity-weighted vote of the nearest labelled prior cases.
 
-The rule is the one ``retrieval_metrics`` in ``cxrmesh.ml.train`` reports as ``vote_accuracy_at_10``
+The rule is the one ``retrieval_metrics`` in ``cxrmesh.ml.metrics`` reports as ``vote_accuracy_at_10``
 (the number a model is accepted on), so what the service answers is what training measured:
 
 * the top-k neighbours by cosine similarity (there: the whole gallery is labelled, so "top-k" and "top-k
@@ -17,13 +17,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from cxrmesh.contracts.labels import DIAGNOSES  # the order decides ties
 from cxrmesh.search.errors import InvalidQuery
-
-if TYPE_CHECKING:
-    from cxrmesh.search.store import Neighbour
+from cxrmesh.search.records import Neighbour
 
 
 @dataclass(frozen=True)

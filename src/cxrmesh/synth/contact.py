@@ -6,15 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
-from scipy import ndimage
+from PIL import Image, ImageDraw
 
+from cxrmesh.analysis.overlay import draw_overlay, font
 from cxrmesh.analysis.pixels import letterbox
-from cxrmesh.analysis.regions import Lung
+from cxrmesh.contracts.corpus import read_manifest, read_training_copy
 from cxrmesh.contracts.preprocessing import MODEL_SIZE
-from cxrmesh.synth.corpus import read_manifest, read_training_copy
-
-LUNG_COLOURS = {Lung.RIGHT: (255, 70, 70), Lung.LEFT: (70, 150, 255)}
 
 
 def pick_samples(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
@@ -32,32 +29,18 @@ def pick_samples(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
     return picks
 
 
-def _font(size: int) -> ImageFont.FreeTypeFont:
-    return ImageFont.load_default(size=size)
-
-
 def overlay_tile(corpus: Path, row: dict[str, Any], size: int = 320) -> Image.Image:
     """The training copy with lung outlines, opacity tint, zone split and landmarks."""
     img = read_training_copy(corpus / row["paths"]["image"])
-    lungs = np.asarray(Image.open(corpus / row["paths"]["lungs"]))
-    opacity = np.asarray(Image.open(corpus / row["paths"]["opacity"]))
-    rgb = np.repeat((img * 255)[..., None], 3, axis=2)
-    tint = opacity > 0
-    rgb[tint] = 0.6 * rgb[tint] + 0.4 * np.array([255, 170, 0])
-    for label, colour in LUNG_COLOURS.items():
-        m = lungs == label
-        edge = m & ~ndimage.binary_erosion(m, iterations=2)
-        rgb[edge] = colour
-    tile = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(tile)
-    hx, hy = row["landmarks"]["left_hilum"]["model"]
-    cx, cy = row["landmarks"]["carina"]["model"]
-    xs = np.nonzero((lungs > 0).any(axis=0))[0]
-    if xs.size:
-        draw.line([(xs.min(), hy + 0.5), (xs.max(), hy + 0.5)], fill=(255, 255, 0), width=2)
-    for (x, y), colour in (((cx, cy), (0, 255, 0)), ((hx, hy), (255, 0, 255))):
-        draw.ellipse([x - 5, y - 5, x + 6, y + 6], outline=colour, width=3)
-    tile = tile.resize((size, size), Image.Resampling.LANCZOS)
+    big = np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.LANCZOS))
+    marks = [(name, *row["landmarks"][name]["model"]) for name in ("carina", "left_hilum")]
+    tile = draw_overlay(
+        big,
+        lungs=np.asarray(Image.open(corpus / row["paths"]["lungs"])),
+        opacity=np.asarray(Image.open(corpus / row["paths"]["opacity"])),
+        landmarks=marks,
+        model_size=img.shape[0],
+    )
     caption = (
         f"{row['site']} {row['modality']} {row['view']} {row['photometric'][-1]} {row['bits_stored']}b\n"
         f"{row['diagnosis']}  RALE {row['rale_total']}  intub72h={row['outcome']['intubation_72h']}"
@@ -68,7 +51,7 @@ def overlay_tile(corpus: Path, row: dict[str, Any], size: int = 320) -> Image.Im
 def _with_caption(tile: Image.Image, caption: str) -> Image.Image:
     out = Image.new("RGB", (tile.width, tile.height + 40), (20, 20, 20))
     out.paste(tile, (0, 0))
-    ImageDraw.Draw(out).multiline_text((6, tile.height + 3), caption, fill=(235, 235, 235), font=_font(14))
+    ImageDraw.Draw(out).multiline_text((6, tile.height + 3), caption, fill=(235, 235, 235), font=font(14))
     return out
 
 
@@ -76,7 +59,7 @@ def _grid(tiles: list[Image.Image], cols: int, title: str) -> Image.Image:
     w, h = tiles[0].size
     rows = (len(tiles) + cols - 1) // cols
     sheet = Image.new("RGB", (cols * w, rows * h + 34), (0, 0, 0))
-    ImageDraw.Draw(sheet).text((8, 6), title, fill=(255, 255, 255), font=_font(20))
+    ImageDraw.Draw(sheet).text((8, 6), title, fill=(255, 255, 255), font=font(20))
     for i, t in enumerate(tiles):
         sheet.paste(t, ((i % cols) * w, 34 + (i // cols) * h))
     return sheet
@@ -91,7 +74,7 @@ def contact_sheet(corpus: Path, out: Path, n: int = 16, cols: int = 4) -> Path:
     tiles = [overlay_tile(corpus, row) for row in picks]
     title = (
         "cxrmesh synthetic corpus - red: right lung, blue: left lung, orange: opacity truth, "
-        "yellow: zone split (left hilum), green: carina, magenta: left hilum"
+        "dashed: zone split (left hilum), green: carina, magenta: left hilum"
     )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,7 @@
 """Generate a synthetic corpus: plan patients cheaply in order, render studies in parallel.
 
+This module writes the corpus; reading it is the corpus contract (``cxrmesh.contracts.corpus``).
+
 Planning (demographics, disease course, RALE truth, clinical record, outcome, site, projection,
 UIDs) happens in the parent process, patient by patient, from ``SeedSequence([seed, patient])``;
 rendering each study uses its own ``SeedSequence([seed, patient, study, 1])``. So the corpus does
@@ -36,6 +38,7 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 
 from cxrmesh.analysis.pixels import Letterbox, PixelModule, letterbox, letterbox_labels, to_display
 from cxrmesh.analysis.regions import split_regions
+from cxrmesh.contracts.corpus import MANIFEST_FILE
 from cxrmesh.contracts.preprocessing import MODEL_SIZE, TRAINING_COPY_MAX
 from cxrmesh.synth import clinical
 from cxrmesh.synth.anatomy import PatientAnatomy, StudyPose, lung_geometry, sample_anatomy, sample_pose
@@ -404,7 +407,7 @@ def generate(
             results = pool.imap(render_task, tasks, chunksize=2)
             for row in progress(results) if progress else results:
                 rows.append(row)
-    with open(out / "manifest.jsonl", "w", encoding="utf-8") as fh:
+    with open(out / MANIFEST_FILE, "w", encoding="utf-8") as fh:
         for row in rows:
             fh.write(json.dumps(row, sort_keys=True) + "\n")
     summary = {
@@ -424,33 +427,3 @@ def generate(
     }
     (out / "corpus.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return summary
-
-
-def read_training_copy(path: Path) -> np.ndarray:
-    """A training copy (16-bit PNG) as float32 display values in [0, 1]."""
-    return np.asarray(Image.open(path), dtype=np.float32) / TRAINING_COPY_MAX
-
-
-def manifest_clinical(row: dict[str, Any]) -> dict[str, float] | None:
-    """A manifest row's clinical variables by ``spec.CLINICAL_FEATURES`` name, None without them.
-
-    The one reading of the dataset layout's clinical fields, for training and for ingestion clients.
-    """
-    from cxrmesh.contracts.tensors import CLINICAL_FEATURES
-
-    clin, demo = row.get("clinical"), row.get("demographics")
-    if not clin or not demo:
-        return None
-    values = {
-        **clin,
-        "age": demo["age"],
-        "sex_male": 1.0 if demo["sex"] == "M" else 0.0,
-        "comorbidity_count": len(demo.get("comorbidities", [])),
-    }
-    return {k: float(values[k]) for k in CLINICAL_FEATURES}
-
-
-def read_manifest(corpus: Path) -> list[dict[str, Any]]:
-    """Rows of a corpus manifest, in generation order."""
-    with open(Path(corpus) / "manifest.jsonl", encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]

@@ -33,64 +33,33 @@ class Site:
     diagnosis_mix: tuple[float, float, float]
 
 
-SITES: tuple[Site, ...] = (
-    Site(
-        name="site-a",
-        institution="Northgate General Hospital",
-        modality="CR",
-        manufacturer="FUJIFILM Corporation",
-        model_name="FCR PROFECT CS",
-        photometric="MONOCHROME1",
-        bits_stored=10,
-        pixel_spacing_mm=(0.168, 0.2),
-        ap_fraction=0.25,
-        noise=1.2,
-        gamma=1.15,
-        edge_enhance=0.6,
-        rescale=(1.0, 0.0),
-        voi_function="LINEAR",
-        compressed_fraction=0.0,
-        marker="box",
-        diagnosis_mix=(0.35, 0.45, 0.20),
+# One column per site, one row per field (read across to compare the sites).
+_SITE_TABLE: dict[str, tuple] = {
+    "name": ("site-a", "site-b", "site-c"),
+    "institution": (
+        "Northgate General Hospital",
+        "Riverside University Medical Center",
+        "St. Aurelia Community Hospital",
     ),
-    Site(
-        name="site-b",
-        institution="Riverside University Medical Center",
-        modality="DX",
-        manufacturer="Carestream Health",
-        model_name="DRX-Evolution",
-        photometric="MONOCHROME2",
-        bits_stored=12,
-        pixel_spacing_mm=(0.139, 0.139),
-        ap_fraction=0.4,
-        noise=0.8,
-        gamma=0.95,
-        edge_enhance=0.9,
-        rescale=(1.0, 0.0),
-        voi_function="SIGMOID",
-        compressed_fraction=0.5,
-        marker="plain",
-        diagnosis_mix=(0.30, 0.40, 0.30),
-    ),
-    Site(
-        name="site-c",
-        institution="St. Aurelia Community Hospital",
-        modality="DX",
-        manufacturer="Siemens Healthineers",
-        model_name="Ysio Max",
-        photometric="MONOCHROME2",
-        bits_stored=16,
-        pixel_spacing_mm=(0.143, 0.16),
-        ap_fraction=0.15,
-        noise=1.0,
-        gamma=1.05,
-        edge_enhance=0.4,
-        rescale=(0.5, 0.0),
-        voi_function="LINEAR",
-        compressed_fraction=0.3,
-        marker="circle",
-        diagnosis_mix=(0.45, 0.30, 0.25),
-    ),
+    "modality": ("CR", "DX", "DX"),
+    "manufacturer": ("FUJIFILM Corporation", "Carestream Health", "Siemens Healthineers"),
+    "model_name": ("FCR PROFECT CS", "DRX-Evolution", "Ysio Max"),
+    "photometric": ("MONOCHROME1", "MONOCHROME2", "MONOCHROME2"),
+    "bits_stored": (10, 12, 16),
+    "pixel_spacing_mm": ((0.168, 0.2), (0.139, 0.139), (0.143, 0.16)),
+    "ap_fraction": (0.25, 0.4, 0.15),
+    "noise": (1.2, 0.8, 1.0),
+    "gamma": (1.15, 0.95, 1.05),
+    "edge_enhance": (0.6, 0.9, 0.4),
+    "rescale": ((1.0, 0.0), (1.0, 0.0), (0.5, 0.0)),
+    "voi_function": ("LINEAR", "SIGMOID", "LINEAR"),
+    "compressed_fraction": (0.0, 0.5, 0.3),
+    "marker": ("box", "plain", "circle"),
+    "diagnosis_mix": ((0.35, 0.45, 0.20), (0.30, 0.40, 0.30), (0.45, 0.30, 0.25)),
+}
+SITES: tuple[Site, ...] = tuple(
+    Site(**{field: column[i] for field, column in _SITE_TABLE.items()})
+    for i in range(len(_SITE_TABLE["name"]))
 )
 
 SITE_BY_NAME = {s.name: s for s in SITES}

@@ -1,0 +1,1 @@
+"""One trainer per model family: segmentation members, landmarker, embedder, prognosis head."""

@@ -1,0 +1,45 @@
+"""The Kafka runtime every service uses: a protobuf producer and an at-least-once batch consumer.
+
+One module per job: ``config`` (KafkaConfig), ``errors``, ``headers`` (content-type), ``metrics``,
+``producer`` (EventProducer), ``events`` (Event, the handler contract, decoding), ``consumer`` (the
+loop and the delivery contract), ``backoff``, ``batch`` (what may be committed), ``dead_letter``
+and ``lag``. Import the public names from here.
+"""
+
+from kafka.producer.future import RecordMetadata
+
+from cxrmesh.runtime.kafka.config import KafkaConfig
+from cxrmesh.runtime.kafka.consumer import Consumer
+from cxrmesh.runtime.kafka.errors import (
+    DeadLetterError,
+    HandlerContractError,
+    KafkaConfigError,
+    KafkaRuntimeError,
+    KafkaUnavailableError,
+    PermanentError,
+    PoisonMessageError,
+    PublishError,
+)
+from cxrmesh.runtime.kafka.events import Event, Handler
+from cxrmesh.runtime.kafka.headers import CONTENT_TYPE_HEADER, content_type
+from cxrmesh.runtime.kafka.producer import EventProducer, PublishFuture
+
+__all__ = [
+    "CONTENT_TYPE_HEADER",
+    "Consumer",
+    "DeadLetterError",
+    "Event",
+    "EventProducer",
+    "Handler",
+    "HandlerContractError",
+    "KafkaConfig",
+    "KafkaConfigError",
+    "KafkaRuntimeError",
+    "KafkaUnavailableError",
+    "PermanentError",
+    "PoisonMessageError",
+    "PublishError",
+    "PublishFuture",
+    "RecordMetadata",
+    "content_type",
+]

@@ -1,0 +1,176 @@
+"""The protobuf producer: acks=all, idempotent where the broker can, a standard future per record.
+
+Keys are study pseudonyms: they go to the broker and nowhere else (no log line, no metric label).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import time
+from collections.abc import Mapping
+
+from google.protobuf.message import Message
+from kafka import KafkaAdminClient, KafkaProducer
+from kafka.errors import KafkaError
+from kafka.producer.future import RecordMetadata
+
+from cxrmesh.runtime.kafka.config import KafkaConfig
+from cxrmesh.runtime.kafka.errors import KafkaConfigError, KafkaUnavailableError, PublishError
+from cxrmesh.runtime.kafka.headers import CONTENT_TYPE_HEADER, content_type
+from cxrmesh.runtime.kafka.metrics import publish_seconds, published_total
+
+log = logging.getLogger(__name__)
+
+_INIT_PRODUCER_ID_API_KEY = 22  # Kafka API key of InitProducerId: the broker can do idempotent produce
+
+
+def _broker_supports_idempotence(cfg: KafkaConfig) -> bool:
+    """Ask the broker (ApiVersions) whether it answers InitProducerId; some Kafka-protocol brokers do not."""
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=cfg.bootstrap,
+            client_id=f"{cfg.client_id}-probe",
+            request_timeout_ms=cfg.request_timeout_ms,
+        )
+    except KafkaError as exc:  # bootstrap timed out (KafkaTimeoutError)
+        raise KafkaUnavailableError(f"no broker answered at {cfg.bootstrap}: {exc}") from exc
+    try:
+        return any(int(key) == _INIT_PRODUCER_ID_API_KEY for key in admin.api_versions())
+    finally:
+        admin.close()
+
+
+class PublishFuture(concurrent.futures.Future[RecordMetadata]):
+    """A standard future for one publish; ``get`` is there for code used to kafka-python's futures."""
+
+    def get(self, timeout: float | None = None) -> RecordMetadata:
+        """The RecordMetadata, or :class:`PublishError` (also when not acknowledged within ``timeout``)."""
+        try:
+            return self.result(timeout=timeout)
+        except concurrent.futures.TimeoutError as exc:
+            raise PublishError("(pending)", f"not acknowledged within {timeout}s") from exc
+
+
+class EventProducer:
+    """Publishes protobuf messages keyed by study; thread-safe, one per process is enough.
+
+    acks=all and unbounded retries within ``delivery_timeout_ms`` (the client's own retry policy),
+    idempotent when the broker supports it so those retries cannot duplicate or reorder records.
+    """
+
+    def __init__(self, cfg: KafkaConfig):
+        self.cfg = cfg
+        idempotence = cfg.idempotence if cfg.idempotence is not None else _broker_supports_idempotence(cfg)
+        try:
+            self._producer = KafkaProducer(
+                bootstrap_servers=cfg.bootstrap,
+                client_id=cfg.client_id,
+                acks="all",
+                enable_idempotence=idempotence,
+                compression_type=cfg.compression,
+                linger_ms=cfg.linger_ms,
+                request_timeout_ms=cfg.request_timeout_ms,
+                delivery_timeout_ms=cfg.delivery_timeout_ms,
+                max_block_ms=cfg.request_timeout_ms,
+            )
+        except KafkaError as exc:  # bootstrap timed out (KafkaTimeoutError)
+            raise KafkaUnavailableError(f"no broker answered at {cfg.bootstrap}: {exc}") from exc
+        except RuntimeError as exc:  # kafka-python: the codec library is not installed
+            raise KafkaConfigError(f"compression {cfg.compression!r} is not available: {exc}") from exc
+        self.idempotent = idempotence
+        self._closed = False
+        self._published = published_total()
+        self._latency = publish_seconds()
+        log.info(
+            "kafka producer ready",
+            extra={"client_id": cfg.client_id, "idempotent": idempotence, "compression": cfg.compression},
+        )
+
+    def publish(
+        self, topic: str, key: str, message: Message, headers: Mapping[str, str] | None = None
+    ) -> PublishFuture:
+        """Send without waiting; the future holds the RecordMetadata or a :class:`PublishError`.
+
+        ``message`` may also be any object with ``SerializeToString()`` (an outbox replaying stored
+        bytes) when ``headers`` carry the content-type.
+        """
+        out = PublishFuture()
+        out.set_running_or_notify_cancel()  # a send cannot be taken back: no cancel() racing the callbacks
+        if self._closed:
+            out.set_exception(PublishError(topic, "producer is closed"))
+            return out
+        merged = dict(headers or {})
+        if CONTENT_TYPE_HEADER not in merged:
+            merged[CONTENT_TYPE_HEADER] = content_type(message)
+        start = time.monotonic()
+
+        def ok(md: RecordMetadata) -> None:
+            self._latency.labels(topic).observe(time.monotonic() - start)
+            self._published.labels(topic, "ok").inc()
+            out.set_result(md)
+
+        def failed(exc: BaseException) -> None:
+            self._published.labels(topic, "error").inc()
+            log.warning("kafka publish failed", extra={"topic": topic, "error_type": type(exc).__name__})
+            out.set_exception(PublishError(topic, f"{type(exc).__name__}: {exc}"))
+
+        try:
+            sent = self._producer.send(
+                topic,
+                key=key.encode("utf-8"),
+                value=message.SerializeToString(),
+                headers=[(name, value.encode("utf-8")) for name, value in merged.items()],
+            )
+        except KafkaError as exc:  # metadata not available in max_block_ms, record too large, closed
+            failed(exc)
+            return out
+        sent.add_callback(ok)
+        sent.add_errback(failed)
+        return out
+
+    def publish_sync(
+        self,
+        topic: str,
+        key: str,
+        message: Message,
+        headers: Mapping[str, str] | None = None,
+        timeout_s: float = 30,
+    ) -> RecordMetadata:
+        """Send and wait for the broker's acknowledgement; raises :class:`PublishError`.
+
+        On a timeout the record may still be delivered later (at-least-once, never at-most-once).
+        """
+        future = self.publish(topic, key, message, headers)
+        try:
+            return future.result(timeout=timeout_s)
+        except concurrent.futures.TimeoutError as exc:
+            raise PublishError(topic, f"not acknowledged within {timeout_s}s") from exc
+
+    def connected(self) -> bool:
+        """True while the client holds a connection to a broker (readiness; metadata refreshes keep
+        an idle producer connected, and the connection count drops to 0 when the brokers go)."""
+        if self._closed:
+            return False
+        values = (self._producer.metrics() or {}).get("producer-metrics", {})
+        return float(values.get("connection-count") or 0) >= 1
+
+    def flush(self, timeout_s: float | None = None) -> None:
+        """Wait until every record sent so far is acknowledged or failed."""
+        try:
+            self._producer.flush(timeout=timeout_s)
+        except KafkaError as exc:
+            raise PublishError("(all topics)", f"flush: {type(exc).__name__}: {exc}") from exc
+
+    def close(self, timeout_s: float = 30) -> None:
+        """Flush and close; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._producer.close(timeout=timeout_s)
+
+    def __enter__(self) -> EventProducer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
