@@ -17,10 +17,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from dicom_faults import bad_dicoms
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from pydicom.data import get_testdata_file
+from support.dicom_faults import bad_dicoms
 
 from cxrmesh.client import ingest_bytes, manifest_headers
 from cxrmesh.dicom.phi import phi_strings

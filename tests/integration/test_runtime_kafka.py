@@ -9,13 +9,13 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from plugins.kafka_broker import unique
 from prometheus_client import REGISTRY
 
 from cxrmesh.local.broker import LocalBroker, TopicSetupError, ensure_topics, find_tansu
@@ -31,14 +31,6 @@ from cxrmesh.runtime.kafka import (
     content_type,
 )
 from cxrmesh.v1 import common_pb2, events_pb2
-
-pytest_plugins = ["kafka_fixtures"]  # the session broker: kafka_broker, kafka_bootstrap
-
-
-def unique(prefix: str) -> str:
-    """Topics and groups of their own for each test (one broker serves the session)."""
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
 
 SESSION = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 300}
 

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from dicom_faults import bad_dicoms
 from PIL import Image
 from pydicom import config
 from pydicom.data import get_testdata_file
@@ -25,6 +24,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, validate_file_meta
 from pydicom.encaps import encapsulate
 from pydicom.uid import UID, ExplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit
+from support.dicom_faults import bad_dicoms
 
 from cxrmesh.analysis.pixels import Letterbox, to_display
 from cxrmesh.contracts.corpus import read_training_copy

@@ -1,8 +1,8 @@
 """Session fixtures for tests that need a real Kafka-protocol broker (Tansu, memory only).
 
-Use from a test module with ``pytest_plugins = ["kafka_fixtures"]`` (importing the module before
-that line makes pytest warn that it cannot rewrite its asserts); give every test its own topics
-and groups (``unique``): the one broker serves the whole session.
+Registered for the whole suite by tests/conftest.py; the broker starts only when a test asks for
+``kafka_broker`` or ``kafka_bootstrap``. Give every test its own topics and groups (``unique``): the one
+broker serves the whole session.
 """
 
 from __future__ import annotations

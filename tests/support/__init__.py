@@ -1,0 +1,1 @@
+"""Helpers the tests import (builders of test data), as opposed to fixtures (tests/plugins)."""
