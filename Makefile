@@ -7,8 +7,11 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/python -m pip
 DEMO   := out/demo
+# Debian packages the pipeline needs at run time: tesseract (burned-in text check at ingestion)
+DEBS   := tesseract-ocr
+SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install demo test lint format protos clean
+.PHONY: install debs demo test lint format protos clean fuzz
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
@@ -17,14 +20,20 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install --quiet -c constraints.txt -e ".[dev,train,serve,triton-local,mesh-local]"
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) debs
 
-demo: $(STAMP)
+# installs only what is missing (a dpkg query per package when nothing is)
+debs:
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
+
+demo: $(STAMP) debs
 	rm -rf $(DEMO)
 	$(BIN)/cxrmesh demo --out $(DEMO)
 	@echo "demo: report $(DEMO)/report/index.html, corpus $(DEMO)/corpus, mesh logs $(DEMO)/mesh/logs"
 
-test: $(STAMP)
+test: $(STAMP) debs
 	$(BIN)/ruff check src tests export services protos scripts benchmarks
 	$(BIN)/ruff format --check src tests export services protos scripts benchmarks
 	$(BIN)/pytest -q
@@ -36,6 +45,10 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format src tests export services protos scripts benchmarks
 	$(BIN)/ruff check --fix src tests export services protos scripts benchmarks
+
+# 100,000 inputs through DICOM read -> validate -> decode (atheris if installed); crashes in out/fuzz/crashes
+fuzz: $(STAMP)
+	$(BIN)/python tests/fuzz/fuzz_dicom.py --runs 100000 --out out/fuzz
 
 protos: $(STAMP)
 	$(BIN)/python protos/generate.py

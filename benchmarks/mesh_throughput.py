@@ -6,6 +6,11 @@ Prints the ingest acknowledgement latency, the ingest-to-searchable latency (p50
 studies per minute end to end. Example (500 studies, corpus generated first if missing):
 
     python benchmarks/mesh_throughput.py --n 500 --corpus data/bench-500
+
+``--tls both`` runs the same studies twice in one run, on a fresh mesh each time, with mutual TLS
+(the default) and with ``--insecure`` plaintext, and prints the throughput ratio (TLS / plaintext).
+An insecure mesh runs without authorization; ``--auth-off`` turns it off in the TLS run too, so the
+ratio is the cost of TLS alone.
 """
 
 from __future__ import annotations
@@ -26,24 +31,11 @@ from cxrmesh.synth.corpus import generate
 from cxrmesh.v1 import ingestion_pb2_grpc, search_pb2, search_pb2_grpc
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=500)
-    ap.add_argument("--corpus", type=Path, default=Path("data/bench-500"))
-    ap.add_argument("--clients", type=int, default=4)
-    ap.add_argument("--timeout", type=float, default=1800)
-    ap.add_argument(
-        "--services",
-        default="ingestion,embedding,search",
-        help="which services to start (default: the retrieval path)",
-    )
-    args = ap.parse_args()
-    if not (args.corpus / "manifest.jsonl").is_file():
-        print(f"generating {args.n} studies with DICOM into {args.corpus} ...", flush=True)
-        generate(args.corpus, n=args.n, seed=23, write_dicom=True)
-    headers = sorted(manifest_headers(args.corpus / "manifest.jsonl").items())[: args.n]
+def run_mesh(headers: list, args: argparse.Namespace, insecure: bool) -> float:
+    """One mesh, all ``headers`` ingested and polled until searchable; returns studies per minute."""
     home = Path(tempfile.mkdtemp(prefix="cxrmesh-bench-"))
-    mesh = Mesh(home, ports="auto", services=args.services.split(","))
+    env = {"CXRMESH_AUTH_MODE": "off"} if args.auth_off else {}
+    mesh = Mesh(home, ports="auto", services=args.services.split(","), insecure=insecure, env=env)
     state = mesh.up(timeout_s=300)
     acked: dict[str, float] = {}
     ack_latency: list[float] = []
@@ -51,8 +43,8 @@ def main() -> None:
     lock = threading.Lock()
     done_sending = threading.Event()
     try:
-        ing = grpc.insecure_channel(state.endpoint("ingestion"))
-        sea = grpc.insecure_channel(state.endpoint("search"))
+        ing = state.channel("ingestion")
+        sea = state.channel("search")
         ingest = ingestion_pb2_grpc.IngestionServiceStub(ing)
         search = search_pb2_grpc.SearchServiceStub(sea)
 
@@ -89,15 +81,55 @@ def main() -> None:
         end = max(searchable.values())
         lat = np.array([searchable[k] - acked[k] for k in acked if k in searchable])
         ack = np.array(ack_latency)
+        rate = len(searchable) / (end - start) * 60
+        print(f"[{'plaintext' if insecure else 'mutual TLS'}]")
         print(f"studies: {len(acked)} acknowledged, {len(searchable)} searchable")
         p50, p95 = np.percentile(ack, [50, 95]) * 1000
         print(f"ingest ack latency: p50 {p50:.0f} ms, p95 {p95:.0f} ms")
         print(f"ingest-to-searchable: p50 {np.percentile(lat, 50):.2f} s, p95 {np.percentile(lat, 95):.2f} s")
-        print(f"throughput: {len(searchable) / (end - start) * 60:.1f} studies/min end to end")
+        print(f"throughput: {rate:.1f} studies/min end to end", flush=True)
         ing.close()
         sea.close()
+        return rate
     finally:
         mesh.down()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=500)
+    ap.add_argument("--corpus", type=Path, default=Path("data/bench-500"))
+    ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--timeout", type=float, default=1800)
+    ap.add_argument(
+        "--services",
+        default="ingestion,embedding,search",
+        help="which services to start (default: the retrieval path)",
+    )
+    ap.add_argument(
+        "--tls",
+        choices=("on", "off", "both"),
+        default="on",
+        help="mutual TLS (default), plaintext (--insecure), or both in one run with their ratio",
+    )
+    ap.add_argument(
+        "--auth-off",
+        action="store_true",
+        help="authorization off in every run too, so that --tls both measures TLS alone",
+    )
+    args = ap.parse_args()
+    if not (args.corpus / "manifest.jsonl").is_file():
+        print(f"generating {args.n} studies with DICOM into {args.corpus} ...", flush=True)
+        generate(args.corpus, n=args.n, seed=23, write_dicom=True)
+    headers = sorted(manifest_headers(args.corpus / "manifest.jsonl").items())[: args.n]
+    modes = {"on": (False,), "off": (True,), "both": (True, False)}[args.tls]
+    rates = {insecure: run_mesh(headers, args, insecure) for insecure in modes}
+    if len(rates) == 2:
+        ratio = rates[False] / rates[True]
+        print(
+            f"mutual TLS / plaintext throughput: {ratio:.3f} "
+            f"({rates[False]:.1f} vs {rates[True]:.1f} studies/min; TLS costs {(1 - ratio) * 100:.1f}%)"
+        )
 
 
 if __name__ == "__main__":

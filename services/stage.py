@@ -69,7 +69,8 @@ class StageService:
 
     def triton(self, model: str) -> TritonClient:
         """A Triton client; the service is healthy only while Triton serves ``model``."""
-        client = self.closing(TritonClient(self.settings.triton_url, self.settings.triton_timeout_s))
+        s = self.settings
+        client = self.closing(TritonClient(s.triton_url, s.triton_timeout_s, tls=s.tls()))
         self.depends_on("triton", lambda: client.ready([model]))
         return client
 

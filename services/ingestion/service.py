@@ -53,6 +53,7 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
         self.outbox = outbox
         self.blobs = open_blob_store(settings.blob_location)
         self.secret = settings.deid_secret.get_secret_value().encode()
+        self.pixels = settings.pixel_policy()
 
     # --------------------------------------------------------------- RPCs
     def Ingest(self, request_iterator: Iterator[ingestion_pb2.IngestChunk], context: grpc.ServicerContext):
@@ -61,7 +62,7 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
             convert.validate_clinical(header.clinical)
         convert.validate_labels(header.labels)
         try:
-            deid, norm = process_dicom(raw, self.secret)
+            deid, norm = process_dicom(raw, self.secret, self.pixels)
         except DicomRejected as exc:
             rejected().labels(exc.code).inc()
             raise InvalidArgument(exc.code, exc.reason) from exc

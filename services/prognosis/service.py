@@ -12,6 +12,7 @@ import grpc
 from cxrmesh.contracts.errors import InvalidArgument, NotFound
 from cxrmesh.runtime.grpc_server import ServiceRuntime
 from cxrmesh.runtime.tables import ResultTable
+from cxrmesh.runtime.tls import open_channel
 from cxrmesh.services.flow import FLOW
 from cxrmesh.services.prognosis.joins import JoinTable
 from cxrmesh.services.prognosis.settings import PrognosisSettings
@@ -41,7 +42,7 @@ def build(settings: PrognosisSettings) -> ServiceRuntime:
     joins = service.closing(JoinTable(data / "joins.sqlite"))
     results = service.closing(ResultTable(data / "results.sqlite", events_pb2.PrognosisResult))
     triton = service.triton(settings.prognosis_model)
-    channel = service.closing(grpc.insecure_channel(settings.search_url))
+    channel = service.closing(open_channel(settings.search_url, settings.tls()))
     search = search_pb2_grpc.SearchServiceStub(channel)
     service.api(
         GrpcApi.of(prognosis_pb2, prognosis_pb2_grpc, "PrognosisService"),

@@ -28,6 +28,7 @@ def open_store(settings: SearchSettings) -> CaseStore:
         dim=EMBED_DIM,
         index=settings.milvus_index,
         consistency=settings.milvus_consistency,
+        tls=settings.milvus_tls(),
     )
     store.ensure_collection()
     return store

@@ -40,6 +40,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         self.triton = triton
         self.blobs = open_blob_store(settings.blob_location)
         self.secret = settings.deid_secret.get_secret_value().encode()
+        self.pixels = settings.pixel_policy()
 
     def FindSimilar(self, request: search_pb2.FindSimilarRequest, context: grpc.ServicerContext):
         neighbours, query_attention, model = self._neighbours(request)
@@ -129,7 +130,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
 
     def _embed_dicom(self, raw: bytes):
         try:
-            deid, norm = process_dicom(raw, self.secret)
+            deid, norm = process_dicom(raw, self.secret, self.pixels)
         except DicomRejected as exc:
             raise InvalidArgument(exc.code, exc.reason) from exc
         try:

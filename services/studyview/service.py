@@ -18,6 +18,7 @@ from cxrmesh.contracts import topics
 from cxrmesh.contracts.errors import InvalidArgument, NotFound
 from cxrmesh.runtime.grpc_server import ServiceRuntime
 from cxrmesh.runtime.kafka import Event
+from cxrmesh.runtime.tls import open_channel
 from cxrmesh.services.flow import FLOW
 from cxrmesh.services.stage import GrpcApi, StageService
 from cxrmesh.services.studyview.settings import StudyViewSettings
@@ -127,7 +128,7 @@ class StudyViewServicer(studyview_pb2_grpc.StudyViewServiceServicer):
 def build(settings: StudyViewSettings) -> ServiceRuntime:
     service = StageService(settings, FLOW["studyview"])
     store = service.closing(ViewStore(settings.data_dir / "studyview" / "views.sqlite"))
-    channel = service.closing(grpc.insecure_channel(settings.search_url))
+    channel = service.closing(open_channel(settings.search_url, settings.tls()))
     service.api(
         GrpcApi.of(studyview_pb2, studyview_pb2_grpc, "StudyViewService"),
         StudyViewServicer(settings, store, search_pb2_grpc.SearchServiceStub(channel)),

@@ -259,18 +259,33 @@ def up(
         str, typer.Option("--ports", help="fixed (documented defaults) or auto (free ports).")
     ] = "fixed",
     timeout: Annotated[float, typer.Option("--timeout", min=10, help="Seconds to wait per part.")] = 300,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Plaintext gRPC, no client certificates: debugging only.")
+    ] = False,
 ) -> None:
-    """Start the local mesh (broker, Milvus Lite, tritonserver, services) and wait until healthy."""
+    """Start the local mesh (broker, Milvus Lite, tritonserver, services) and wait until healthy.
+
+    Mutual TLS by default: certificates come from the local CA in <home>/pki (made once, reused).
+    """
     from cxrmesh.local.mesh import Mesh, MeshError
 
     if ports not in ("fixed", "auto"):
         _fail("--ports must be 'fixed' or 'auto'")
+    if insecure:
+        typer.secho(
+            "WARNING: --insecure: plaintext gRPC without client certificates, debugging only",
+            fg=typer.colors.RED,
+            err=True,
+        )
     try:
-        state = Mesh(home, ports=ports).up(timeout, progress=lambda m: typer.echo(f"starting {m}"))
+        mesh = Mesh(home, ports=ports, insecure=insecure)
+        state = mesh.up(timeout, progress=lambda m: typer.echo(f"starting {m}"))
     except MeshError as exc:
         _fail(str(exc))
     typer.echo(f"mesh up: ingestion at {state.endpoint('ingestion')}, search at {state.endpoint('search')}")
     typer.echo(f"state and logs in {home}; stop with `cxrmesh down --home {home}`")
+    if not insecure:
+        typer.echo(f"mutual TLS on every port; the CA and client certificate are in {home / 'pki'}")
 
 
 @app.command()
@@ -309,25 +324,29 @@ def ingest(
     """Send DICOM files to the ingestion service (streamed), with a progress bar and a summary."""
     from collections import Counter
 
-    import grpc
     from tqdm import tqdm
 
     from cxrmesh.client import dicom_files, ingest_file, manifest_headers
-    from cxrmesh.local.mesh import MeshState
+    from cxrmesh.local.mesh import MeshError, MeshState
+    from cxrmesh.runtime.tls import open_channel
     from cxrmesh.v1 import ingestion_pb2_grpc
 
+    state = MeshState.load(home.resolve())
     if not target:
-        state = MeshState.load(home.resolve())
         if state is None:
             _fail(f"no mesh in {home}: start one with `cxrmesh up` or pass --target host:port")
         target = state.endpoint("ingestion")
+    try:  # the client certificate of the mesh in --home (another host's target too)
+        tls = (state or MeshState(home=str(home.resolve()))).tls()
+    except MeshError as exc:
+        _fail(str(exc))
     files = dicom_files(paths)
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         _fail(f"not found: {', '.join(missing[:5])}")
     headers = manifest_headers(manifest) if manifest else {}
     counts: Counter[str] = Counter()
-    with grpc.insecure_channel(target, options=[("grpc.max_send_message_length", 256 << 20)]) as ch:
+    with open_channel(target, tls, options=[("grpc.max_send_message_length", 256 << 20)]) as ch:
         stub = ingestion_pb2_grpc.IngestionServiceStub(ch)
         for f in tqdm(files, desc="ingest", unit="file", disable=None):
             res = ingest_file(stub, f, headers.get(f.resolve()))

@@ -3,13 +3,16 @@
 Ingests the session's synthetic DICOM corpus (with its labels and clinical data, as an archive
 import would) and the real pydicom-data radiograph in all four encodings, then asks for similar
 cases over gRPC; checks idempotency, refusals of bad DICOM, health, reflection and that no PHI
-string of the raw files reaches Kafka, Milvus, logs or metrics.
+string of the raw files reaches Kafka, Milvus, logs or metrics. The mesh runs with mutual TLS (its
+default): every client here presents the mesh's operator certificate, and every service port and
+Triton's gRPC port refuse plaintext, certificate-less and foreign-CA clients.
 """
 
 from __future__ import annotations
 
 import re
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from datetime import datetime
@@ -21,11 +24,13 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from pydicom.data import get_testdata_file
 from support.dicom_faults import bad_dicoms
+from support.tls_clients import health_code, refused_clients
 
 from cxrmesh.client import ingest_bytes, manifest_headers
 from cxrmesh.dicom.phi import phi_strings
 from cxrmesh.local.mesh import Mesh, MeshState, grpc_health
 from cxrmesh.runtime.grpc_server import error_reason
+from cxrmesh.runtime.tls import triton_client_options
 from cxrmesh.v1 import (
     common_pb2,
     events_pb2,
@@ -44,17 +49,13 @@ RG1 = ("RG1_UNCR.dcm", "RG1_UNCI.dcm", "RG1_J2KR.dcm", "RG1_J2KI.dcm")
 class Running:
     def __init__(self, mesh: Mesh, state: MeshState):
         self.mesh, self.state = mesh, state
-        self.channels = {
-            name: grpc.insecure_channel(state.endpoint(name)) for name in ("ingestion", "search")
-        }
+        self.channels = {name: state.channel(name) for name in ("ingestion", "search")}
         self.ingest = ingestion_pb2_grpc.IngestionServiceStub(self.channels["ingestion"])
         self.search = search_pb2_grpc.SearchServiceStub(self.channels["search"])
         self.keys: dict[str, str] = {}  # file name -> study key
         self.labelled: set[str] = set()
         self.held_back: tuple[Path, object] | None = None  # a study kept for the failure test
-        self.view = studyview_pb2_grpc.StudyViewServiceStub(
-            grpc.insecure_channel(state.endpoint("studyview"))
-        )
+        self.view = studyview_pb2_grpc.StudyViewServiceStub(state.channel("studyview"))
 
     def close(self) -> None:
         for ch in self.channels.values():
@@ -190,7 +191,7 @@ def test_bad_dicoms_are_refused_with_distinct_reasons(mesh: Running) -> None:
     from cxrmesh.local.mesh import SERVICES
 
     for name in SERVICES:
-        assert grpc_health(mesh.state.endpoint(name)) == "SERVING"
+        assert grpc_health(mesh.state.endpoint(name), tls=mesh.state.tls()) == "SERVING"
 
 
 def test_reflection_lists_every_service(mesh: Running) -> None:
@@ -204,7 +205,7 @@ def test_reflection_lists_every_service(mesh: Running) -> None:
         "studyview": "cxrmesh.v1.StudyViewService",
     }
     for name, service in expected.items():
-        with grpc.insecure_channel(mesh.state.endpoint(name)) as ch:
+        with mesh.state.channel(name) as ch:
             stub = reflection_pb2_grpc.ServerReflectionStub(ch)
             req = reflection_pb2.ServerReflectionRequest(list_services="")
             names = {
@@ -289,7 +290,7 @@ def test_dicom_seg_and_sr_read_back_and_reference_the_source(mesh: Running) -> N
     key = mesh.keys["RG1_UNCR.dcm"]
     view = mesh.view.GetStudy(studyview_pb2.GetStudyRequest(study_key=key), timeout=30)
     source = _read_blob(view.segmentation.deidentified_dicom)
-    with grpc.insecure_channel(mesh.state.endpoint("quantification")) as ch:
+    with mesh.state.channel("quantification") as ch:
         out = quantification_pb2_grpc.QuantificationServiceStub(ch).GetDicomOutputs(
             quantification_pb2.GetQuantificationRequest(study_key=key), timeout=30
         )
@@ -343,7 +344,7 @@ def test_failed_model_call_is_a_failed_stage_and_a_dead_letter(mesh: Running) ->
 
     from cxrmesh.contracts.topics import DEAD_LETTER
 
-    triton = tgrpc.InferenceServerClient(mesh.state.triton)
+    triton = tgrpc.InferenceServerClient(mesh.state.triton, **triton_client_options(mesh.state.tls()))
     triton.unload_model("cxr_landmarks")
     try:
         path, header = mesh.held_back
@@ -415,11 +416,7 @@ def test_no_phi_in_kafka_milvus_logs_or_metrics(mesh: Running, corpus: Path) -> 
         shift = real_day[r["study_key"]] - stored
         assert shift.days >= 364 and shift.days % 7 == 0, "a study's date was stored unshifted"
     logs = "".join(Path(p.log).read_text(errors="replace") for p in mesh.state.procs if p.kind == "service")
-    scraped = "".join(
-        urllib.request.urlopen(p.metrics, timeout=5).read().decode()
-        for p in mesh.state.procs
-        if p.kind == "service"
-    )
+    scraped = "".join(mesh.state.scrape(p.metrics) for p in mesh.state.procs if p.kind == "service")
     kafka_text = b"\n".join(kafka_blobs)
     for s in phi:
         # whole tokens only: a patient called "Philip" must not flag a manufacturer called "Philips"
@@ -431,6 +428,31 @@ def test_no_phi_in_kafka_milvus_logs_or_metrics(mesh: Running, corpus: Path) -> 
         assert key not in logs and key not in scraped, "a study key leaked into logs or metric labels"
 
 
+def test_every_port_refuses_plaintext_anonymous_and_foreign_clients(mesh: Running, tmp_path: Path) -> None:
+    """Each service's gRPC port and Triton's: only a certificate from the mesh's CA gets through."""
+    import tritonclient.grpc as tgrpc
+
+    from cxrmesh.local.mesh import SERVICES
+
+    tls = mesh.state.tls()
+    assert tls is not None, "the mesh must run with mutual TLS by default"
+    refused = refused_clients(tls, tmp_path / "rogue-ca")
+    targets = {name: mesh.state.endpoint(name) for name in SERVICES} | {"triton": mesh.state.triton}
+    for name, target in targets.items():
+        for client, connect in refused.items():
+            assert health_code(connect, target) == grpc.StatusCode.UNAVAILABLE, (name, client)
+    for name in SERVICES:
+        assert grpc_health(mesh.state.endpoint(name), tls=tls) == "SERVING", name
+    with tgrpc.InferenceServerClient(mesh.state.triton, **triton_client_options(tls)) as triton:
+        assert triton.is_server_live() and triton.is_model_ready("cxr_embedder")
+    for proc in mesh.state.procs:
+        if proc.kind == "service":  # /metrics is HTTPS with client certificates too
+            assert proc.metrics.startswith("https://")
+            with pytest.raises((urllib.error.URLError, ConnectionError)):
+                urllib.request.urlopen(proc.metrics.replace("https:", "http:"), timeout=5).read()
+            assert "# TYPE" in mesh.state.scrape(proc.metrics)
+
+
 def test_health_follows_milvus(mesh: Running) -> None:
     """Last (it breaks the mesh): stopping Milvus takes search out of SERVING, others stay healthy."""
     import os
@@ -439,7 +461,7 @@ def test_health_follows_milvus(mesh: Running) -> None:
     milvus = next(p for p in mesh.state.procs if p.kind == "milvus")
     os.killpg(milvus.pid, signal.SIGTERM)
     deadline = time.monotonic() + 60
-    while grpc_health(mesh.state.endpoint("search")) == "SERVING":
+    while grpc_health(mesh.state.endpoint("search"), tls=mesh.state.tls()) == "SERVING":
         assert time.monotonic() < deadline, "search stayed SERVING without Milvus"
         time.sleep(0.5)
-    assert grpc_health(mesh.state.endpoint("ingestion")) == "SERVING"
+    assert grpc_health(mesh.state.endpoint("ingestion"), tls=mesh.state.tls()) == "SERVING"

@@ -11,13 +11,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import grpc
 from kafka import KafkaConsumer, TopicPartition
 from pydicom.data import get_testdata_file
 
 from cxrmesh.client import ingest_bytes
 from cxrmesh.contracts import topics
 from cxrmesh.local.broker import LocalBroker, ensure_topics
+from cxrmesh.local.pki import OPERATOR, LocalCA, server_identity
+from cxrmesh.runtime.tls import open_channel
 from cxrmesh.services.ingestion.outbox import Outbox
 from cxrmesh.services.ingestion.service import build
 from cxrmesh.services.ingestion.settings import IngestionSettings
@@ -25,7 +26,11 @@ from cxrmesh.v1 import events_pb2, ingestion_pb2_grpc
 
 
 def _settings(tmp: Path, bootstrap: str) -> IngestionSettings:
+    tls = LocalCA(tmp / "pki").issue(server_identity("ingestion"))  # the service serves mutual TLS only
     return IngestionSettings(
+        tls_cert_file=tls.cert,
+        tls_key_file=tls.key,
+        tls_ca_file=tls.ca,
         grpc_port=0,
         metrics_port=0,
         data_dir=tmp,
@@ -56,7 +61,7 @@ def test_acknowledged_study_survives_kafka_outage_and_restart(tmp_path: Path) ->
     grpc_port = runtime.start()
     try:
         first.stop()  # Kafka goes away before the study arrives
-        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as ch:
+        with open_channel(f"127.0.0.1:{grpc_port}", LocalCA(tmp_path / "pki").issue(OPERATOR)) as ch:
             stub = ingestion_pb2_grpc.IngestionServiceStub(ch)
             reply = ingest_bytes(stub, Path(get_testdata_file("RG1_UNCR.dcm")).read_bytes())
         assert reply.study_key and not reply.duplicate  # acknowledged without Kafka

@@ -3,7 +3,8 @@
 Used by the domain tests here and by the mesh end-to-end test, which sends each over gRPC and
 expects INVALID_ARGUMENT with distinct reasons. Every file is refused by exactly the code it is
 keyed by when passed through ``read_dicom`` -> ``validate`` -> ``decode_pixels`` in that order.
-``too_large`` has no entry: a 128 MiB file is not worth building (the tests lower the limit).
+``too_large`` has no entry: a 128 MiB file is not worth building (the tests lower the limit; the
+hostile corpus in tests/data/hostile has a deflate bomb for it).
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, generate_fragmented_frames
 from pydicom.pixels import get_decoder
-from pydicom.uid import MPEG4HP41, UID, ExplicitVRLittleEndian, JPEG2000Lossless
+from pydicom.sequence import Sequence
+from pydicom.uid import MPEG4HP41, UID, ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
+
+from cxrmesh.contracts import limits
+
+PRIVATE_CREATOR = (0x0009, 0x0010)
+PRIVATE_BLOB = (0x0009, 0x1001)
+PRIVATE_SEQUENCE = (0x0009, 0x1002)
 
 
 def _write(ds: Dataset) -> bytes:
@@ -47,6 +55,33 @@ def _native(good: bytes, arr: np.ndarray) -> Dataset:
     return ds
 
 
+def with_private(ds: Dataset, vr: str, value: object) -> Dataset:
+    """`ds` with a private element (0009,1001) of `vr` and `value` under the creator 'CXRMESH FAULTS'."""
+    ds.add_new(PRIVATE_CREATOR, "LO", "CXRMESH FAULTS")
+    ds.add_new(PRIVATE_SEQUENCE if vr == "SQ" else PRIVATE_BLOB, vr, value)
+    return ds
+
+
+def declared_length(raw: bytes, marker: bytes, length: int) -> bytes:
+    """`raw` with the 32-bit length of the explicit-VR OB element whose value is `marker` replaced.
+
+    The file then ends long before the value would: a sender that declares gigabytes it never sends.
+    """
+    at = raw.index(b"\x09\x00\x01\x10OB\x00\x00" + len(marker).to_bytes(4, "little") + marker)
+    return raw[: at + 8] + length.to_bytes(4, "little") + raw[at + 12 :]
+
+
+def nested(depth: int) -> Sequence:
+    """A private sequence nested `depth` levels deep."""
+    inner = Dataset()
+    for _ in range(depth - 1):
+        item = Dataset()
+        item.add_new(PRIVATE_CREATOR, "LO", "CXRMESH FAULTS")
+        item.add_new(PRIVATE_SEQUENCE, "SQ", Sequence([inner]))
+        inner = item
+    return Sequence([inner])
+
+
 def _j2k_codestream(good: bytes, stored: np.ndarray) -> bytes:
     """The good image's JPEG 2000 codestream (encoded here if the file is not J2K already)."""
     ds = _read(good)
@@ -65,6 +100,17 @@ def bad_dicoms(good: bytes) -> dict[str, bytes]:
     out["not_dicom"] = b"\x89PNG\r\n\x1a\n" + b"\x00" * 200
     # transfer interrupted in the middle of the pixel data
     out["truncated"] = good[: len(good) * 2 // 3]
+
+    # a private element declaring 2 GiB (the sender never sends them)
+    marker = b"CXRMESH!"
+    raw = _write(with_private(_native(good, stored), "OB", marker))
+    out["element_too_large"] = declared_length(raw, marker, 1 << 31)
+    # a private sequence of more empty items than any header has elements
+    items = Sequence([Dataset() for _ in range(limits.MAX_ELEMENTS + 1)])
+    out["too_many_elements"] = _write(with_private(_native(good, stored), "SQ", items))
+    out["nesting_too_deep"] = _write(
+        with_private(_native(good, stored), "SQ", nested(limits.MAX_SEQUENCE_DEPTH + 1))
+    )
 
     ds = _native(good, stored)
     del ds.SOPInstanceUID
@@ -104,6 +150,10 @@ def bad_dicoms(good: bytes) -> dict[str, bytes]:
     out["multi_frame"] = _write(ds)
 
     ds = _native(good, stored)
+    ds.NumberOfFrames = 0
+    out["bad_frame_count"] = _write(ds)
+
+    ds = _native(good, stored)
     ds.PhotometricInterpretation = "RGB"
     ds.SamplesPerPixel = 3
     ds.PlanarConfiguration = 0
@@ -115,9 +165,30 @@ def bad_dicoms(good: bytes) -> dict[str, bytes]:
     ds["PixelData"].VR = "OB"
     out["bad_bit_depth"] = _write(ds)
 
+    ds = _native(good, stored)
+    del ds.PixelRepresentation
+    out["bad_pixel_representation"] = _write(ds)
+
     # a thumbnail: every 16th pixel of the top-left corner
     ds = _native(good, np.ascontiguousarray(stored[::16, ::16][:120, :120]))
     out["bad_size"] = _write(ds)
+
+    ds = _native(good, stored)
+    ds.PixelSpacing = [5.0, 5.0]  # 5 mm pixels: a field of metres
+    out["bad_pixel_spacing"] = _write(ds)
+
+    ds = _native(good, stored)
+    ds.RescaleSlope, ds.RescaleIntercept = 0, 0  # every pixel maps to 0
+    out["bad_rescale"] = _write(ds)
+
+    ds = _native(good, stored)
+    ds.WindowCenter, ds.WindowWidth = 1000, -5
+    out["bad_window"] = _write(ds)
+
+    # the meta header says RLE (pydicom will not write that, so the UID is patched: same length), the
+    # pixel data is native values
+    raw = _write(_native(good, stored))
+    out["pixel_encoding_mismatch"] = raw.replace(ExplicitVRLittleEndian.encode(), RLELossless.encode(), 1)
 
     ds = _native(good, stored)
     half = len(ds.PixelData) // 2

@@ -44,6 +44,7 @@ from cxrmesh.dicom import (
 from cxrmesh.dicom import phi as phi_module
 from cxrmesh.dicom import profile as profile_module
 from cxrmesh.dicom import read as read_module
+from cxrmesh.dicom.rejection import ADMISSION_CODES
 from cxrmesh.dicom.truncation import truncation
 
 SECRET = b"cxrmesh-test-secret-not-for-production"
@@ -199,7 +200,7 @@ def test_each_fault_gets_its_own_code(goods: dict[str, bytes], good_name: str) -
     good = goods[good_name]
     _admit(good)  # the source itself is fine
     bad = bad_dicoms(good)
-    assert set(bad) == set(REJECTION_CODES) - {"too_large"}
+    assert set(bad) == set(ADMISSION_CODES) - {"too_large"}
     reasons = {}
     for code, raw in bad.items():
         err = _reject(raw)
@@ -270,6 +271,20 @@ def test_real_non_chest_radiograph_rejected() -> None:
         ({"Rows": 9000}, "bad_size"),
         ({"PhotometricInterpretation": "PALETTE COLOR"}, "bad_photometric"),
         ({"Rows": 1956}, "pixel_length_mismatch"),
+        # physical plausibility (cxrmesh.contracts.limits)
+        ({"PixelSpacing": [0.1, 0.1]}, None),
+        ({"PixelSpacing": [0.01, 0.01]}, "bad_pixel_spacing"),
+        ({"ImagerPixelSpacing": [0.1, 0.3]}, "bad_pixel_spacing"),
+        ({"Columns": 4000}, "bad_size"),
+        ({"NumberOfFrames": 0}, "bad_frame_count"),
+        ({"PixelRepresentation": 1}, None),
+        ({"Modality": "DX", "PixelRepresentation": 1}, "bad_pixel_representation"),
+        ({"RescaleSlope": 0}, "bad_rescale"),
+        ({"RescaleSlope": 2, "RescaleIntercept": -1024}, None),
+        ({"VOILUTFunction": "SIGMOID"}, None),
+        ({"WindowWidth": 0}, "bad_window"),
+        ({"WindowCenter": [1, 2]}, "bad_window"),
+        ({"PlanarConfiguration": 3}, "bad_photometric"),
     ],
 )
 def test_validate_rules(rg1: dict[str, bytes], changes: dict, code: str | None) -> None:

@@ -30,6 +30,7 @@ from pydantic import SecretStr
 
 from cxrmesh.contracts import topics
 from cxrmesh.local import mesh
+from cxrmesh.runtime import health_probe
 from cxrmesh.runtime.settings import ServiceSettings
 from cxrmesh.services import settings as settings_module
 
@@ -50,6 +51,15 @@ SERVICES_UID = 10001  # USER of docker/Dockerfile.services, runAsUser of the man
 NOT_AUTOSCALED = {"ingestion", "prognosis", "studyview"}
 PLACEHOLDER = re.compile(r"^<[^<>]+>$")
 SECRET_LIKE = re.compile(r"SECRET|TOKEN|PASSWORD|ACCESS_KEY|PRIVATE")
+# mutual TLS (docs/security.md): each service's certificate, mounted from the Secret cert-manager fills
+TLS_ENV = {
+    "CXRMESH_TLS_CERT_FILE": "tls.crt",
+    "CXRMESH_TLS_KEY_FILE": "tls.key",
+    "CXRMESH_TLS_CA_FILE": "ca.crt",
+}
+HEALTH_PROBE = ["python", "-m", "cxrmesh.runtime.health_probe"]
+ISSUER = {"name": "cxrmesh-ca", "kind": "Issuer", "group": "cert-manager.io"}
+DEV = K8S / "overlays" / "dev"
 
 
 # ----------------------------------------------------------------------------------------------- loading
@@ -258,10 +268,6 @@ def effective_settings(service: str, container: dict[str, Any], monkeypatch: pyt
     return cls(**kwargs)
 
 
-def grpc_probe_port(probe: dict[str, Any] | None) -> int | None:
-    return probe["grpc"]["port"] if probe and "grpc" in probe else None
-
-
 def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
 
@@ -395,8 +401,11 @@ def test_settings_are_complete_and_ports_match(service: str, monkeypatch: pytest
     for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
         probe = container.get(kind)
         assert kind == "startupProbe" or probe, f"{service}: no {kind}"
-        if probe:
-            assert grpc_probe_port(probe) == s.grpc_port, f"{service}: {kind} is not grpc on the gRPC port"
+        if probe:  # grpc.health.v1 on CXRMESH_GRPC_PORT (= s.grpc_port) over mTLS, from inside the pod
+            assert probe.get("exec", {}).get("command") == HEALTH_PROBE, (
+                f"{service}: {kind} is not the mTLS probe"
+            )
+            assert probe["timeoutSeconds"] > health_probe.TIMEOUT_S, f"{service}: {kind} times out first"
     annotations = workload["spec"]["template"]["metadata"].get("annotations") or {}
     assert annotations.get("prometheus.io/scrape") == "true"
     assert annotations.get("prometheus.io/port") == str(s.metrics_port)
@@ -588,6 +597,151 @@ def test_prometheus_scrapes_every_metrics_port() -> None:
         ), f"{workload['metadata']['name']} is not scraped"
         annotations = workload["spec"]["template"]["metadata"].get("annotations") or {}
         assert annotations.get("prometheus.io/port") == str(ports["metrics"])
+
+
+# ------------------------------------------------------------------------------ certificates and mTLS
+
+
+def secret_mounts(workload: dict[str, Any], container: dict[str, Any]) -> dict[str, str]:
+    """mount path -> Secret name, for the container's mounts of Secret volumes."""
+    volumes = {
+        v["name"]: v["secret"]["secretName"] for v in pod_spec(workload).get("volumes") or [] if "secret" in v
+    }
+    return {
+        m["mountPath"]: volumes[m["name"]]
+        for m in container.get("volumeMounts") or []
+        if m["name"] in volumes
+    }
+
+
+def certificates(docs: tuple[dict[str, Any], ...]) -> dict[str, dict[str, Any]]:
+    """secretName -> the cert-manager Certificate that fills it."""
+    return {c["spec"]["secretName"]: c for c in of_kind(docs, "Certificate")}
+
+
+@pytest.mark.parametrize("service", sorted(service_packages()))
+def test_every_service_mounts_its_certificate(service: str) -> None:
+    """The three TLS settings name files of a mounted Secret that cert-manager fills with this service's
+    certificate: CN = the service, role OU mesh, its Service names and localhost (the probe) as SANs."""
+    workload, container = service_workloads()[service]
+    values, _ = container_env(container)
+    mounts = secret_mounts(workload, container)
+    secrets = set()
+    for env, file in TLS_ENV.items():
+        path = Path(values.get(env, ""))
+        assert path.name == file, f"{service}: {env} is {values.get(env)!r}, not the Secret's {file}"
+        assert str(path.parent) in mounts, f"{service}: {env} points outside a mounted Secret"
+        secrets.add(mounts[str(path.parent)])
+    assert len(secrets) == 1, f"{service}: the TLS files come from more than one Secret"
+    cert = certificates(base_docs()).get(secrets.pop())
+    assert cert is not None, f"{service}: its TLS Secret is not a cert-manager Certificate's"
+    spec = cert["spec"]
+    assert spec["commonName"] == service
+    assert spec["subject"]["organizationalUnits"] == ["mesh"], "service certificates carry the mesh role"
+    assert {"server auth", "client auth"} <= set(spec["usages"])
+    assert {service, f"{service}.cxrmesh.svc", "localhost"} <= set(spec["dnsNames"])
+    assert "127.0.0.1" in spec["ipAddresses"], "the pod's own health probe calls 127.0.0.1"
+    assert spec["issuerRef"] == ISSUER
+    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert (container.get(kind) or {}).get("exec", {}).get("command") == HEALTH_PROBE
+
+
+def test_every_certificate_secret_is_mounted() -> None:
+    mounted = set()
+    for workload in of_kind(base_docs(), *WORKLOAD_KINDS):
+        for container in all_containers(workload):
+            mounted |= set(secret_mounts(workload, container).values())
+    for secret, cert in certificates(base_docs()).items():
+        if cert["metadata"]["name"] == "prometheus":  # read by the Prometheus operator (monitoring.yaml)
+            monitors = [m for m in of_kind(base_docs(), "PodMonitor") if secret in str(m)]
+            assert monitors, "the prometheus certificate is used by no PodMonitor"
+            continue
+        assert secret in mounted, (
+            f"Certificate {cert['metadata']['name']}: Secret {secret} is mounted nowhere"
+        )
+        assert cert["spec"]["issuerRef"] == ISSUER, f"{cert['metadata']['name']}: another issuer"
+
+
+def test_triton_serves_grpc_with_mutual_tls() -> None:
+    server = pod_spec(triton(base_docs()))["containers"][0]
+    args = dict(a.split("=", 1) for a in server["args"] if "=" in a)
+    assert args.get("--grpc-use-ssl-mutual") == "true"
+    mounts = secret_mounts(triton(base_docs()), server)
+    for flag, file in [
+        ("--grpc-server-cert", "tls.crt"),
+        ("--grpc-server-key", "tls.key"),
+        ("--grpc-root-cert", "ca.crt"),
+    ]:
+        path = Path(args[flag])
+        assert path.name == file and mounts.get(str(path.parent)) == "triton-tls", flag
+    assert certificates(base_docs())["triton-tls"]["spec"]["commonName"] == "triton"
+    service = next(d for d in of_kind(base_docs(), "Service") if d["metadata"]["name"] == "triton")
+    assert "http" not in [p["name"] for p in service["spec"]["ports"]], (
+        "Triton's HTTP has no TLS: probes only"
+    )
+
+
+def test_the_issuer_is_brought_by_the_dev_overlay() -> None:
+    """The base names the issuer and does not define it (production brings its own); dev makes a CA."""
+    assert not of_kind(base_docs(), "Issuer", "ClusterIssuer")
+    docs = rendered(DEV)
+    issuers = {i["metadata"]["name"]: i for i in of_kind(docs, "Issuer")}
+    ca_issuer = issuers[ISSUER["name"]]
+    ca_secret = ca_issuer["spec"]["ca"]["secretName"]
+    ca_cert = certificates(tuple(docs))[ca_secret]
+    assert ca_cert["spec"]["isCA"] is True
+    assert "selfSigned" in issuers[ca_cert["spec"]["issuerRef"]["name"]]["spec"]
+    assert len(of_kind(docs, "Certificate")) == len(of_kind(base_docs(), "Certificate")) + 1
+
+
+@pytest.mark.parametrize("service", sorted(service_packages()))
+def test_kafka_and_milvus_credentials_come_from_secrets(service: str) -> None:
+    _, container = service_workloads()[service]
+    values, refs = container_env(container)
+    for name in ("CXRMESH_KAFKA_SASL_USERNAME", "CXRMESH_KAFKA_SASL_PASSWORD"):
+        ref = refs[name]["secretKeyRef"]
+        assert ref["name"] == f"{service}-kafka", f"{service}: {name} is not from its own Kafka Secret"
+    assert values.get("CXRMESH_KAFKA_SECURITY_PROTOCOL") in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+    if service == "search":
+        assert "secretKeyRef" in refs["CXRMESH_MILVUS_TOKEN"]
+
+
+def test_the_health_probe_answers_over_mutual_tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the exec probe runs: Health/Check on 127.0.0.1 with the pod's own certificate and settings."""
+    from concurrent import futures
+
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    from cxrmesh.local.pki import LocalCA, server_identity
+    from cxrmesh.runtime.tls import server_credentials
+
+    files = LocalCA(tmp_path).issue(server_identity("search"))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_secure_port("127.0.0.1:0", server_credentials(files))
+    server.start()
+    try:
+        for key in list(os.environ):
+            if key.startswith("CXRMESH_"):
+                monkeypatch.delenv(key)
+        monkeypatch.setenv("CXRMESH_GRPC_PORT", str(port))
+        monkeypatch.setenv("CXRMESH_TLS_CERT_FILE", str(files.cert))
+        monkeypatch.setenv("CXRMESH_TLS_KEY_FILE", str(files.key))
+        monkeypatch.setenv("CXRMESH_TLS_CA_FILE", str(files.ca))
+        servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        assert health_probe.main() == 1
+        servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        assert health_probe.main() == 0
+        monkeypatch.setenv(
+            "CXRMESH_TLS_CA_FILE", str(LocalCA(tmp_path / "other").issue(server_identity("x")).ca)
+        )
+        assert health_probe.probe(ServiceSettings()).startswith("UNREACHABLE"), (
+            "a certificate from another CA"
+        )
+    finally:
+        server.stop(None)
 
 
 # ---------------------------------------------------------------------------------------------- Triton

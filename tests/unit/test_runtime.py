@@ -14,10 +14,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from cxrmesh.contracts.errors import InvalidArgument
+from cxrmesh.local.pki import OPERATOR, LocalCA, server_identity
 from cxrmesh.runtime.blobs import NPY, BlobCorrupt, LocalBlobStore, array_bytes, bytes_array, open_blob_store
 from cxrmesh.runtime.grpc_server import ServiceRuntime, error_reason
 from cxrmesh.runtime.log import JsonFormatter
 from cxrmesh.runtime.settings import ServiceSettings
+from cxrmesh.runtime.tls import TlsFiles, https_context, open_channel
 from cxrmesh.v1 import embedding_pb2, embedding_pb2_grpc
 
 SERVICE = "cxrmesh.v1.EmbeddingService"
@@ -33,7 +35,15 @@ class Servicer(embedding_pb2_grpc.EmbeddingServiceServicer):
 
 
 @pytest.fixture()
-def served(tmp_path: Path):
+def pki(tmp_path: Path) -> tuple[TlsFiles, TlsFiles]:
+    """(server, client) certificates from one local CA: the runtime serves mutual TLS only."""
+    ca = LocalCA(tmp_path / "pki")
+    return ca.issue(server_identity("test")), ca.issue(OPERATOR)
+
+
+@pytest.fixture()
+def served(tmp_path: Path, pki: tuple[TlsFiles, TlsFiles]):
+    server, client = pki
     settings = ServiceSettings(
         service="test",
         grpc_port=0,
@@ -41,13 +51,17 @@ def served(tmp_path: Path):
         health_interval_s=0.05,
         log_format="text",
         data_dir=tmp_path,
+        tls_cert_file=server.cert,
+        tls_key_file=server.key,
+        tls_ca_file=server.ca,
+        audit_to_kafka=False,  # no broker in a unit test (the audit log still gets every record)
     )
     runtime = ServiceRuntime(settings)
     dep = {"up": False}
     runtime.add_service(SERVICE, embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server, Servicer())
     runtime.add_dependency("thing", lambda: dep["up"])
     port = runtime.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    channel = open_channel(f"127.0.0.1:{port}", client)
     yield runtime, channel, dep
     channel.close()
     runtime.stop()
@@ -87,7 +101,7 @@ def test_reflection_lists_the_service(served) -> None:
     assert {SERVICE, "grpc.health.v1.Health"} <= names
 
 
-def test_errors_map_to_status_with_reason_and_metrics_count_them(served) -> None:
+def test_errors_map_to_status_with_reason_and_metrics_count_them(served, pki) -> None:
     runtime, channel, _ = served
     stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
     assert stub.GetEmbedding(embedding_pb2.GetEmbeddingRequest(study_key="ok"), timeout=5).study_key == "ok"
@@ -100,9 +114,8 @@ def test_errors_map_to_status_with_reason_and_metrics_count_them(served) -> None
         stub.GetEmbedding(embedding_pb2.GetEmbeddingRequest(study_key="boom"), timeout=5)
     assert boom.value.code() == grpc.StatusCode.INTERNAL
     assert "secret internals" not in boom.value.details()
-    text = (
-        urllib.request.urlopen(f"http://127.0.0.1:{runtime.metrics_port}/metrics", timeout=5).read().decode()
-    )
+    url = f"https://127.0.0.1:{runtime.metrics_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=5, context=https_context(pki[1])).read().decode()
     line = (
         'grpc_server_handled_total{grpc_code="INVALID_ARGUMENT",grpc_method="GetEmbedding",'
         'grpc_service="cxrmesh.v1.EmbeddingService"}'

@@ -43,3 +43,15 @@ class DeadlineExceeded(ServiceError):
 
 class ResourceExhausted(ServiceError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unauthenticated(ServiceError):
+    """The caller could not be identified (no client certificate, a refused bearer token)."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(ServiceError):
+    """The caller is known but holds none of the roles the method needs."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED

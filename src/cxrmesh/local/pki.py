@@ -31,6 +31,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from cxrmesh.runtime.tls import TlsFiles
+
 CA_NAME = "ca"
 CA_DAYS = 3650
 LEAF_DAYS = 397  # the CA/Browser Forum ceiling; rotation is a restart of `cxrmesh up`
@@ -47,13 +49,21 @@ class Identity:
     hosts: tuple[str, ...] = ()  # non-empty: a server certificate valid for these names/addresses
 
 
-@dataclass(frozen=True)
-class CertFiles:
-    """Where one identity's PEM files are (what settings name: cert, key and the CA to trust)."""
+CertFiles = TlsFiles  # where one identity's PEM files are: what settings name (cert, key, CA to trust)
 
-    cert: Path
-    key: Path
-    ca: Path
+MESH_ROLE = "mesh"  # service-to-service calls; every service certificate carries it
+OPERATOR = Identity("operator", ("ingest", "clinical-read", "ops"))  # the CLI, the demo, the supervisor
+
+
+def server_identity(name: str) -> Identity:
+    """A service's (or Triton's) identity: serves on loopback, calls the other services as ``mesh``."""
+    return Identity(name, (MESH_ROLE,), LOCAL_HOSTS)
+
+
+def identity_files(folder: Path, name: str) -> CertFiles:
+    """The files of identity ``name`` in a CA folder (whether or not they exist yet)."""
+    folder = Path(folder)
+    return CertFiles(folder / f"{name}.pem", folder / f"{name}.key", folder / f"{CA_NAME}.pem")
 
 
 def _now() -> dt.datetime:
@@ -148,7 +158,7 @@ class LocalCA:
                 old.unlink()
 
     def files(self, name: str) -> CertFiles:
-        return CertFiles(self.folder / f"{name}.pem", self.folder / f"{name}.key", self.ca_cert_path)
+        return identity_files(self.folder, name)
 
     def issue(self, identity: Identity) -> CertFiles:
         """The identity's certificate and key, issued now or reused while valid and signed by this CA."""

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from cxrmesh.local.ports import free_port
 from cxrmesh.ml.repository import CPU_PROFILE
+from cxrmesh.runtime.tls import TlsFiles
 
 GPU_PROFILE = "gpu"
 STUB = "triton_python_backend_stub"
@@ -170,6 +171,18 @@ def _libpython_dir() -> str | None:
     return None
 
 
+def _grpc_tls_args(tls: TlsFiles | None) -> list[str]:
+    """tritonserver's flags for mutual TLS on its gRPC port (clients need a certificate from ``tls.ca``)."""
+    if tls is None:
+        return []
+    return [
+        "--grpc-use-ssl-mutual=true",
+        f"--grpc-server-cert={tls.cert}",
+        f"--grpc-server-key={tls.key}",
+        f"--grpc-root-cert={tls.ca}",
+    ]
+
+
 def server_command(
     repo: Path,
     http_port: int,
@@ -185,12 +198,16 @@ def server_command(
     exit_timeout_s: int = 30,
     log_verbose: int = 0,
     extra_args: Sequence[str] = (),
+    tls: TlsFiles | None = None,
+    http: bool = True,
 ) -> tuple[list[str], dict[str, str]]:
     """The argv and environment that start ``tritonserver`` on ``repo`` in the given serving profile.
 
     ``profile="cpu"`` selects ``configs/cpu.pbtxt`` (``--model-config-name=cpu``); ``"gpu"`` the default
     ``config.pbtxt``. ``explicit`` turns on explicit model control (load/unload over the API) and loads
-    ``load_models`` at start (``"*"`` = all). The server exits if any model fails to load.
+    ``load_models`` at start (``"*"`` = all). The server exits if any model fails to load. With ``tls``
+    (Triton's own certificate, key and the CA) its gRPC port asks for mutual TLS; ``http=False`` turns the
+    HTTP endpoint off (it has no client certificates), the metrics port stays on ``address``.
     """
     if profile not in (CPU_PROFILE, GPU_PROFILE):
         raise ValueError(f"profile must be '{CPU_PROFILE}' or '{GPU_PROFILE}', not {profile!r}")
@@ -201,10 +218,10 @@ def server_command(
     argv = [
         str(server),
         f"--model-repository={Path(repo).resolve()}",
-        f"--http-address={address}",
-        f"--http-port={http_port}",
+        *((f"--http-address={address}", f"--http-port={http_port}") if http else ("--allow-http=false",)),
         f"--grpc-address={address}",
         f"--grpc-port={grpc_port}",
+        *_grpc_tls_args(tls),
         f"--metrics-address={address}",
         f"--metrics-port={metrics_port}",
         "--strict-readiness=true",

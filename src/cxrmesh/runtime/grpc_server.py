@@ -25,8 +25,11 @@ from grpc_status import rpc_status
 
 from cxrmesh.contracts.errors import ServiceError
 from cxrmesh.runtime import metrics
+from cxrmesh.runtime.audit import AuditTrail
+from cxrmesh.runtime.authz import Authorizer
 from cxrmesh.runtime.log import configure_logging
 from cxrmesh.runtime.settings import ServiceSettings
+from cxrmesh.runtime.tls import PLAINTEXT_WARNING, server_credentials
 
 log = logging.getLogger(__name__)
 DOMAIN = "cxrmesh"
@@ -103,6 +106,8 @@ class _Outcome:
             abort_with(context, exc)
         if isinstance(exc, grpc.RpcError) or type(exc).__name__ == "_AbortError":
             raise exc
+        if context.code() not in (None, grpc.StatusCode.OK):  # context.abort(): its status stands
+            raise exc
         self.code = grpc.StatusCode.INTERNAL
         log.error("rpc failed", extra={"method": self.method}, exc_info=exc)
         abort_with(context, ServiceError("internal", "internal error; see the service log"))
@@ -150,14 +155,17 @@ class ServiceRuntime:
     def __init__(self, settings: ServiceSettings, max_workers: int = 16):
         self.settings = settings
         configure_logging(settings.service, settings.log_level, settings.log_format, settings.log_file)
+        self.tls = settings.tls()  # refuses to go on without TLS files unless insecure was asked for
         self.stop_event = threading.Event()
+        self.audit = AuditTrail.from_settings(settings)
         opts = [
             ("grpc.max_receive_message_length", settings.max_message_mb * 1024 * 1024),
             ("grpc.max_send_message_length", settings.max_message_mb * 1024 * 1024),
         ]
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
-            interceptors=[_Observed()],
+            # authorization first: a refused call never reaches _Observed or a handler
+            interceptors=[Authorizer(settings, self.audit, abort_with), _Observed()],
             options=opts,
         )
         self.health = health.HealthServicer(experimental_non_blocking=True)
@@ -166,7 +174,7 @@ class ServiceRuntime:
         self._checks: dict[str, Callable[[], bool]] = {}
         self._workers: list[tuple[str, Worker]] = []
         self._threads: list[threading.Thread] = []
-        self._closers: list[Callable[[], None]] = []
+        self._closers: list[Callable[[], None]] = [self.audit.close]  # runs last: after in-flight calls
         self.port = 0
         self.metrics_port = 0
 
@@ -220,10 +228,10 @@ class ServiceRuntime:
         names = [*self._services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
         reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], self.server)
         self._set_health(False)
-        self.port = self.server.add_insecure_port(f"{self.settings.grpc_host}:{self.settings.grpc_port}")
-        if self.port == 0:
-            raise RuntimeError(f"cannot bind gRPC port {self.settings.grpc_host}:{self.settings.grpc_port}")
-        self.metrics_port = metrics.start_metrics_server(self.settings.metrics_port, self.settings.grpc_host)
+        self.port = self._bind(f"{self.settings.grpc_host}:{self.settings.grpc_port}")
+        self.metrics_port = metrics.start_metrics_server(
+            self.settings.metrics_port, self.settings.grpc_host, self.tls
+        )
         self.server.start()
         for name, worker in [("health", lambda _stop: self._watch_health()), *self._workers]:
             t = threading.Thread(target=self._guard, args=(name, worker), name=name, daemon=True)
@@ -231,6 +239,17 @@ class ServiceRuntime:
             self._threads.append(t)
         log.info("serving", extra={"grpc_port": self.port, "metrics_port": self.metrics_port})
         return self.port
+
+    def _bind(self, address: str) -> int:
+        """Bind the gRPC port: mutual TLS, or plaintext (loudly) when the settings say ``insecure``."""
+        if self.tls is None:
+            log.warning(PLAINTEXT_WARNING, extra={"address": address})
+            port = self.server.add_insecure_port(address)
+        else:
+            port = self.server.add_secure_port(address, server_credentials(self.tls))
+        if port == 0:
+            raise RuntimeError(f"cannot bind gRPC port {address}")
+        return port
 
     def _guard(self, name: str, worker: Worker) -> None:
         """A worker that dies takes the service's health with it, rather than failing silently."""

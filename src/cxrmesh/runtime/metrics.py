@@ -13,6 +13,8 @@ from typing import TypeVar
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 
+from cxrmesh.runtime.tls import TlsFiles, metrics_server_options
+
 M = TypeVar("M", Counter, Gauge, Histogram)
 _lock = threading.Lock()
 _made: dict[str, object] = {}
@@ -88,7 +90,10 @@ def dependency_up() -> Gauge:
     return metric(Gauge, "cxrmesh_dependency_up", doc, ("service", "dependency"))
 
 
-def start_metrics_server(port: int, host: str = "0.0.0.0") -> int:
-    """Serve /metrics on its own port (0 = pick a free port; returns the port)."""
-    server, _ = start_http_server(port, addr=host)
+def start_metrics_server(port: int, host: str = "0.0.0.0", tls: TlsFiles | None = None) -> int:
+    """Serve /metrics on its own port (0 = pick a free port; returns the port).
+
+    With ``tls`` it is HTTPS that asks for a client certificate from the mesh's CA, like the gRPC port.
+    """
+    server, _ = start_http_server(port, addr=host, **metrics_server_options(tls))
     return int(server.server_address[1])

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -21,13 +21,17 @@ from pydantic_settings import (
 )
 
 from cxrmesh.contracts.ports import ANY_SERVICE, KAFKA, TRITON_GRPC, loopback
-from cxrmesh.runtime.kafka import KafkaConfig
+from cxrmesh.runtime.kafka import KafkaConfig, KafkaSecurity
+from cxrmesh.runtime.tls import TlsFiles, resolve_tls
 
 
 class ServiceSettings(BaseSettings):
     """Knobs every service has. Secrets are ``SecretStr`` so they never show up in logs or reprs."""
 
-    model_config = SettingsConfigDict(env_prefix="CXRMESH_", extra="ignore", frozen=True)
+    # hide_input_in_errors: a rejected value (a short key, a malformed password) is never echoed in an error
+    model_config = SettingsConfigDict(
+        env_prefix="CXRMESH_", extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
     service: str = "cxrmesh"
     grpc_host: str = "127.0.0.1"
@@ -53,6 +57,36 @@ class ServiceSettings(BaseSettings):
     triton_timeout_s: float = Field(10.0, gt=0)
     grace_s: float = Field(10.0, ge=0, description="SIGTERM: finish in-flight work for this long")
     health_interval_s: float = Field(2.0, gt=0)
+    # transport security (S1): mutual TLS on every gRPC port and client; plaintext only when asked for
+    tls_cert_file: Path | None = Field(None, description="this service's certificate (chain), PEM")
+    tls_key_file: Path | None = Field(None, description="its private key, PEM")
+    tls_ca_file: Path | None = Field(None, description="the CA that signs every peer of the mesh, PEM")
+    insecure: bool = Field(False, description="serve and call plaintext gRPC (debugging only)")
+    # authorization and audit (S2): cxrmesh.runtime.authz, cxrmesh.runtime.audit
+    auth_mode: Literal["enforce", "off"] = Field(
+        "enforce", description="off = every caller may call every method (debugging only; logged loudly)"
+    )
+    auth_jwt_issuer: str = Field("", description="bearer tokens: the required `iss`; empty = none accepted")
+    auth_jwt_audience: str = Field("", description="bearer tokens: the required `aud`")
+    auth_jwt_key_file: Path | None = Field(None, description="bearer tokens: the issuer's public key, PEM")
+    auth_jwt_jwks_url: str = Field("", description="bearer tokens: the issuer's JWKS (instead of a key file)")
+    auth_jwt_algorithms: tuple[str, ...] = ("RS256", "ES256")
+    auth_jwt_standalone: bool = Field(
+        False, description="a token alone (no client certificate) identifies a caller; default: adds roles"
+    )
+    audit_to_kafka: bool = Field(True, description="also send audit records to Kafka (always logged)")
+    audit_log_file: Path | None = Field(
+        None,
+        description="the audit log (JSON lines, kept apart from the service log); default <data_dir>/audit/",
+    )
+    # Kafka client credentials (S5): cxrmesh.runtime.kafka.security; secrets come from a Secret / env
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: SecretStr = SecretStr("")
+    kafka_ssl_cafile: Path | None = Field(None, description="CA of the broker's listener, PEM")
+    kafka_ssl_certfile: Path | None = Field(None, description="TLS client certificate for the broker, PEM")
+    kafka_ssl_keyfile: Path | None = Field(None, description="its private key, PEM")
 
     @classmethod
     def settings_customise_sources(
@@ -68,6 +102,10 @@ class ServiceSettings(BaseSettings):
         if config_file:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
         return tuple(sources)
+
+    def tls(self) -> TlsFiles | None:
+        """The TLS files (None only with ``insecure``); raises ``TlsConfigError`` when they are missing."""
+        return resolve_tls(self.tls_cert_file, self.tls_key_file, self.tls_ca_file, self.insecure)
 
     @property
     def blob_location(self) -> str:
@@ -85,4 +123,13 @@ class ServiceSettings(BaseSettings):
             heartbeat_interval_ms=self.kafka_heartbeat_ms,
             request_timeout_ms=self.kafka_request_timeout_ms,
             delivery_timeout_ms=max(120000, self.kafka_request_timeout_ms * 2),
+            security=KafkaSecurity(
+                protocol=self.kafka_security_protocol,
+                sasl_mechanism=self.kafka_sasl_mechanism,
+                sasl_username=self.kafka_sasl_username,
+                sasl_password=self.kafka_sasl_password,
+                ssl_cafile=self.kafka_ssl_cafile,
+                ssl_certfile=self.kafka_ssl_certfile,
+                ssl_keyfile=self.kafka_ssl_keyfile,
+            ),
         )

@@ -17,6 +17,7 @@ import tritonclient.grpc as tgrpc
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from cxrmesh.runtime import metrics
+from cxrmesh.runtime.tls import TlsFiles, triton_client_options
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +38,20 @@ _RETRYABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "CANCELL
 
 
 class TritonClient:
-    def __init__(self, url: str, timeout_s: float = 10.0, attempts: int = 3, backoff_s: float = 0.2):
+    def __init__(
+        self,
+        url: str,
+        timeout_s: float = 10.0,
+        attempts: int = 3,
+        backoff_s: float = 0.2,
+        tls: TlsFiles | None = None,
+    ):
+        """A client of Triton at ``url``; over mutual TLS unless ``tls`` is None (plaintext)."""
         self.url = url
         self.timeout_s = timeout_s
         self.attempts = max(1, attempts)
         self.backoff_s = backoff_s
-        self._client = tgrpc.InferenceServerClient(url=url)
+        self._client = tgrpc.InferenceServerClient(url=url, **triton_client_options(tls))
         self._versions: dict[str, str] = {}
         self._lock = threading.Lock()
 

@@ -47,6 +47,7 @@ from cxrmesh.search.schema import (
     check_index,
     check_schema,
 )
+from cxrmesh.search.tls import MilvusTLS
 from cxrmesh.search.translate import translate
 
 T = TypeVar("T")
@@ -77,6 +78,7 @@ class CaseStore:
         ddl_timeout_s: float = 120.0,
         build_params: Mapping[str, int] | None = None,
         search_params: Mapping[str, int] | None = None,
+        tls: MilvusTLS | None = None,
     ) -> None:
         if not isinstance(uri, str) or not uri:
             raise ValueError("uri must be a Milvus address (http://host:port) or a Milvus Lite path (*.db)")
@@ -90,12 +92,15 @@ class CaseStore:
             raise ValueError(f"consistency must be one of {', '.join(CONSISTENCY_LEVELS)}")
         if not (timeout_s > 0 and ddl_timeout_s > 0):
             raise ValueError("timeouts must be > 0 seconds")
+        if tls is not None and uri.endswith(".db"):
+            raise ValueError("TLS is for a Milvus server; Milvus Lite (*.db) is a local file")
         self.uri, self.collection, self.dim, self.index = uri, collection, dim, index
         self.retry, self.consistency = retry, consistency
         self.timeout_s, self.ddl_timeout_s = float(timeout_s), float(ddl_timeout_s)
         self.build_params = dict(DEFAULT_BUILD_PARAMS[index] if build_params is None else build_params)
         self.search_params = dict(DEFAULT_SEARCH_PARAMS[index] if search_params is None else search_params)
         self._token = token
+        self._tls = tls
         self._client_obj: MilvusClient | None = None
         self._lock = threading.Lock()
         self._closed = False
@@ -118,7 +123,10 @@ class CaseStore:
                 raise StoreError("the case store is closed")
             if self._client_obj is None:
                 try:
-                    self._client_obj = MilvusClient(uri=self.uri, token=self._token, timeout=self.timeout_s)
+                    tls = self._tls.client_kwargs() if self._tls is not None else {}
+                    self._client_obj = MilvusClient(
+                        uri=self.uri, token=self._token, timeout=self.timeout_s, **tls
+                    )
                 except ConnectionConfigException as e:
                     raise StoreError(f"bad Milvus address: {redact(e.message)}") from None
                 except MilvusException as e:

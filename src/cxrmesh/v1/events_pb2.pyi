@@ -214,3 +214,27 @@ class PrognosisResult(_message.Message):
     neighbours_intubated: int
     ingested_at: _timestamp_pb2.Timestamp
     def __init__(self, study_key: _Optional[str] = ..., status: _Optional[_Union[PrognosisResult.Status, str]] = ..., probability_intubation_72h: _Optional[float] = ..., model: _Optional[_Union[_common_pb2.ModelVersion, _Mapping]] = ..., missing_clinical: _Optional[_Iterable[str]] = ..., neighbours_with_outcome: _Optional[int] = ..., neighbours_intubated: _Optional[int] = ..., ingested_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class AuditRecord(_message.Message):
+    __slots__ = ("time", "caller", "roles", "token_subject", "server", "grpc_service", "method", "study_key", "outcome", "reason")
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    CALLER_FIELD_NUMBER: _ClassVar[int]
+    ROLES_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    SERVER_FIELD_NUMBER: _ClassVar[int]
+    GRPC_SERVICE_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    STUDY_KEY_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    time: _timestamp_pb2.Timestamp
+    caller: str
+    roles: _containers.RepeatedScalarFieldContainer[str]
+    token_subject: str
+    server: str
+    grpc_service: str
+    method: str
+    study_key: str
+    outcome: str
+    reason: str
+    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., caller: _Optional[str] = ..., roles: _Optional[_Iterable[str]] = ..., token_subject: _Optional[str] = ..., server: _Optional[str] = ..., grpc_service: _Optional[str] = ..., method: _Optional[str] = ..., study_key: _Optional[str] = ..., outcome: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...

@@ -1,9 +1,9 @@
 """The Kafka runtime every service uses: a protobuf producer and an at-least-once batch consumer.
 
 One module per job: ``config`` (KafkaConfig), ``errors``, ``headers`` (content-type), ``metrics``,
-``producer`` (EventProducer), ``events`` (Event, the handler contract, decoding), ``consumer`` (the
-loop and the delivery contract), ``backoff``, ``batch`` (what may be committed), ``dead_letter``
-and ``lag``. Import the public names from here.
+``security`` (KafkaSecurity: credentials), ``producer`` (EventProducer), ``events`` (Event, the
+handler contract, decoding), ``consumer`` (the loop and the delivery contract), ``backoff``,
+``batch`` (what may be committed), ``dead_letter`` and ``lag``. Import the public names from here.
 """
 
 from kafka.producer.future import RecordMetadata
@@ -23,6 +23,7 @@ from cxrmesh.runtime.kafka.errors import (
 from cxrmesh.runtime.kafka.events import Event, Handler
 from cxrmesh.runtime.kafka.headers import CONTENT_TYPE_HEADER, content_type
 from cxrmesh.runtime.kafka.producer import EventProducer, PublishFuture
+from cxrmesh.runtime.kafka.security import KafkaSecurity
 
 __all__ = [
     "CONTENT_TYPE_HEADER",
@@ -35,6 +36,7 @@ __all__ = [
     "KafkaConfig",
     "KafkaConfigError",
     "KafkaRuntimeError",
+    "KafkaSecurity",
     "KafkaUnavailableError",
     "PermanentError",
     "PoisonMessageError",

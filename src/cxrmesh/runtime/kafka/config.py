@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from cxrmesh.runtime.kafka.errors import KafkaConfigError
+from cxrmesh.runtime.kafka.security import KafkaSecurity, check_tls_listener
 
 SUPPORTED_COMPRESSION = (None, "gzip", "snappy", "lz4", "zstd")
 
@@ -15,7 +17,8 @@ class KafkaConfig:
 
     ``max_attempts`` counts handler calls per message (1 = no retry). ``backoff_*`` bound the wait
     between attempts (exponential, jittered). ``max_batch`` is the most events per handler call.
-    ``idempotence`` None means: on when the broker answers InitProducerId.
+    ``idempotence`` None means: on when the broker answers InitProducerId. ``security`` is how every
+    client of this config authenticates (``client_kwargs`` gives what kafka-python receives).
     """
 
     bootstrap: str
@@ -38,6 +41,7 @@ class KafkaConfig:
     delivery_timeout_ms: int = 120000
     idempotence: bool | None = None
     lag_interval_s: float = 15.0
+    security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
     def __post_init__(self) -> None:
         problems = []
@@ -61,3 +65,10 @@ class KafkaConfig:
             problems.append("delivery_timeout_ms must be >= request_timeout_ms + linger_ms")
         if problems:
             raise KafkaConfigError("invalid KafkaConfig: " + "; ".join(problems))
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """What every kafka-python client of this config shares: the brokers and the credentials.
+        Checks a TLS listener first (``check_tls_listener``): kafka-python would hang on one that does
+        not speak TLS."""
+        check_tls_listener(self.bootstrap, self.security, min(10.0, self.request_timeout_ms / 1000))
+        return {"bootstrap_servers": self.bootstrap, **self.security.client_kwargs()}

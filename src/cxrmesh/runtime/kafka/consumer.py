@@ -178,7 +178,7 @@ class Consumer:
         cfg = self.cfg
         try:
             consumer = KafkaConsumer(
-                bootstrap_servers=cfg.bootstrap,
+                **cfg.client_kwargs(),
                 client_id=cfg.client_id,
                 group_id=cfg.group_id,
                 enable_auto_commit=False,

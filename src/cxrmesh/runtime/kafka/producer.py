@@ -29,7 +29,7 @@ def _broker_supports_idempotence(cfg: KafkaConfig) -> bool:
     """Ask the broker (ApiVersions) whether it answers InitProducerId; some Kafka-protocol brokers do not."""
     try:
         admin = KafkaAdminClient(
-            bootstrap_servers=cfg.bootstrap,
+            **cfg.client_kwargs(),
             client_id=f"{cfg.client_id}-probe",
             request_timeout_ms=cfg.request_timeout_ms,
         )
@@ -64,7 +64,7 @@ class EventProducer:
         idempotence = cfg.idempotence if cfg.idempotence is not None else _broker_supports_idempotence(cfg)
         try:
             self._producer = KafkaProducer(
-                bootstrap_servers=cfg.bootstrap,
+                **cfg.client_kwargs(),
                 client_id=cfg.client_id,
                 acks="all",
                 enable_idempotence=idempotence,
