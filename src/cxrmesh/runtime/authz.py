@@ -42,6 +42,7 @@ from cxrmesh.contracts.access import AccessPolicy, load_policy
 from cxrmesh.contracts.errors import PermissionDenied, ServiceError, Unauthenticated
 from cxrmesh.runtime import metrics
 from cxrmesh.runtime.audit import AuditTrail
+from cxrmesh.runtime.grpc_wrap import split_method, wrap_handler
 from cxrmesh.runtime.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -240,19 +241,14 @@ class Authorizer(grpc.ServerInterceptor):
     # ------------------------------------------------------------------ the interceptor
     def intercept_service(self, continuation: Callable, handler_call_details: Any) -> Any:
         handler = continuation(handler_call_details)
-        service, _, method = handler_call_details.method.lstrip("/").partition("/")
+        service, method = split_method(handler_call_details.method)
         if handler is None or self.policy.is_open(service):
             return handler
-        for attr, make in _HANDLER_MAKERS.items():
-            fn = getattr(handler, attr)
-            if fn is not None:
-                guard = self._guard_stream if handler.response_streaming else self._guard
-                return make(
-                    guard(fn, service, method),
-                    request_deserializer=handler.request_deserializer,
-                    response_serializer=handler.response_serializer,
-                )
-        return handler
+        return wrap_handler(
+            handler,
+            lambda fn: self._guard(fn, service, method),
+            lambda fn: self._guard_stream(fn, service, method),
+        )
 
     def _guard(self, fn: Callable, service: str, method: str) -> Callable:
         def call(request: Any, context: grpc.ServicerContext) -> Any:
@@ -279,14 +275,6 @@ class Authorizer(grpc.ServerInterceptor):
                 audited.done()
 
         return call
-
-
-_HANDLER_MAKERS = {
-    "unary_unary": grpc.unary_unary_rpc_method_handler,
-    "stream_unary": grpc.stream_unary_rpc_method_handler,
-    "unary_stream": grpc.unary_stream_rpc_method_handler,
-    "stream_stream": grpc.stream_stream_rpc_method_handler,
-}
 
 
 class _AuditedCall:

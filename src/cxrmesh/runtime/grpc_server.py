@@ -27,6 +27,7 @@ from cxrmesh.contracts.errors import ServiceError
 from cxrmesh.runtime import metrics
 from cxrmesh.runtime.audit import AuditTrail
 from cxrmesh.runtime.authz import Authorizer
+from cxrmesh.runtime.grpc_wrap import split_method, wrap_handler
 from cxrmesh.runtime.log import configure_logging
 from cxrmesh.runtime.settings import ServiceSettings
 from cxrmesh.runtime.tls import PLAINTEXT_WARNING, server_credentials
@@ -56,11 +57,6 @@ def error_reason(exc: grpc.RpcError) -> str:
     return ""
 
 
-def _split_method(full: str) -> tuple[str, str]:
-    _, service, method = full.split("/", 2) if full.count("/") >= 2 else ("", "", full)
-    return service, method
-
-
 class _Observed(grpc.ServerInterceptor):
     """Counts and times every RPC and maps ServiceError / unexpected exceptions to statuses."""
 
@@ -68,25 +64,12 @@ class _Observed(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        service, method = _split_method(handler_call_details.method)
+        service, method = split_method(handler_call_details.method)
         if service.startswith(("grpc.health", "grpc.reflection")):
             return handler
-        kinds = (
-            ("unary_unary", grpc.unary_unary_rpc_method_handler, False),
-            ("stream_unary", grpc.stream_unary_rpc_method_handler, False),
-            ("unary_stream", grpc.unary_stream_rpc_method_handler, True),
-            ("stream_stream", grpc.stream_stream_rpc_method_handler, True),
+        return wrap_handler(
+            handler, lambda fn: _observe(fn, service, method), lambda fn: _observe_stream(fn, service, method)
         )
-        for attr, make, streams in kinds:
-            fn = getattr(handler, attr)
-            if fn is not None:
-                wrapped = _observe_stream(fn, service, method) if streams else _observe(fn, service, method)
-                return make(
-                    wrapped,
-                    request_deserializer=handler.request_deserializer,
-                    response_serializer=handler.response_serializer,
-                )
-        return handler
 
 
 class _Outcome:
