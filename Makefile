@@ -10,6 +10,8 @@ DEMO   := out/demo
 # Debian packages the pipeline needs at run time: tesseract (burned-in text check at ingestion)
 DEBS   := tesseract-ocr
 SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
+# buf (proto lint and breaking-change check), pinned by tools/buf/package-lock.json
+BUF    := tools/buf/node_modules/.bin/buf
 
 .PHONY: install debs demo test lint format protos clean fuzz
 
@@ -22,6 +24,11 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP) debs
 
+$(BUF): tools/buf/package.json tools/buf/package-lock.json
+	@command -v npm >/dev/null || { echo "need npm (Node.js) to install buf"; exit 1; }
+	npm ci --prefix tools/buf --no-audit --no-fund --silent
+	touch $(BUF)
+
 # installs only what is missing (a dpkg query per package when nothing is)
 debs:
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -33,7 +40,7 @@ demo: $(STAMP) debs
 	$(BIN)/cxrmesh demo --out $(DEMO)
 	@echo "demo: report $(DEMO)/report/index.html, corpus $(DEMO)/corpus, mesh logs $(DEMO)/mesh/logs"
 
-test: $(STAMP) debs
+test: $(STAMP) debs $(BUF)
 	$(BIN)/ruff check src tests export services protos scripts benchmarks
 	$(BIN)/ruff format --check src tests export services protos scripts benchmarks
 	$(BIN)/pytest -q
@@ -54,4 +61,4 @@ protos: $(STAMP)
 	$(BIN)/python protos/generate.py
 
 clean:
-	rm -rf $(VENV) out .pytest_cache .ruff_cache
+	rm -rf $(VENV) out .pytest_cache .ruff_cache tools/buf/node_modules
