@@ -453,6 +453,102 @@ def test_every_port_refuses_plaintext_anonymous_and_foreign_clients(mesh: Runnin
             assert "# TYPE" in mesh.state.scrape(proc.metrics)
 
 
+# --- the query CLI (cxrmesh study/watch/similar/diagnose/report) against the running mesh ---------------
+
+STUDY_KEYS = {"study_key", "complete", "failed", "stages", "metadata", "regions", "rale_total", "warnings"}
+STUDY_KEYS |= {"vote", "prognosis", "similar"}
+CASE_KEYS = {"study_key", "similarity", "diagnosis", "outcome", "site", "age_band", "sex", "study_date"}
+CASE_KEYS |= {"clinical"}
+VOTE_KEYS = {"diagnosis", "scores", "neighbours_used", "neighbours"}
+UNKNOWN_KEY = "0" * 32
+
+
+def _cli(mesh: Running, *args: str):
+    from typer.testing import CliRunner
+
+    from cxrmesh.cli import app
+
+    return CliRunner().invoke(app, [*args, "--home", mesh.state.home])
+
+
+def _documents(output: str, kind: str) -> list[dict]:
+    import json
+
+    docs = [json.loads(line) for line in output.splitlines() if line.strip()]
+    assert docs and all(d["schema"] == "cxrmesh.cli/1" and d["kind"] == kind for d in docs), output
+    return docs
+
+
+def test_cli_watch_then_study(mesh: Running) -> None:
+    key = mesh.keys["RG1_UNCR.dcm"]
+    watched = _cli(mesh, "watch", key, "--timeout", "240", "--json")
+    assert watched.exit_code == 0, watched.output
+    assert _documents(watched.stdout, "study")[-1]["study"]["complete"]
+    result = _cli(mesh, "study", key, "--json")
+    assert result.exit_code == 0, result.output
+    study = _documents(result.stdout, "study")[0]["study"]
+    assert set(study) == STUDY_KEYS and study["study_key"] == key and study["complete"]
+    assert {s["name"] for s in study["stages"]} >= {"ingested", "embedded", "segmented", "quantified"}
+    assert {s["state"] for s in study["stages"]} == {"done"}
+    assert len(study["regions"]) == 4 and 0 <= study["rale_total"] <= 48
+    assert set(study["vote"]) == VOTE_KEYS and set(study["prognosis"]) >= {"status", "missing_clinical"}
+    assert study["similar"] and all(set(c) == CASE_KEYS for c in study["similar"])
+    text = _cli(mesh, "study", key)
+    assert text.exit_code == 0 and "regions (RALE total" in text.stdout and "vote:" in text.stdout
+
+
+def test_cli_similar_by_key_file_and_filter(mesh: Running) -> None:
+    key = mesh.keys["RG1_UNCR.dcm"]
+    by_key = _cli(mesh, "similar", key, "-k", "3", "--json")
+    assert by_key.exit_code == 0, by_key.output
+    cases = _documents(by_key.stdout, "similar")[0]["cases"]
+    assert len(cases) == 3 and all(set(c) == CASE_KEYS for c in cases)
+    assert [c["similarity"] for c in cases] == sorted((c["similarity"] for c in cases), reverse=True)
+    assert any(c["clinical"] for c in cases)
+    by_file = _cli(mesh, "similar", get_testdata_file("RG1_UNCR.dcm"), "-k", "2")
+    assert by_file.exit_code == 0 and len(by_file.stdout.splitlines()) == 2, by_file.output
+    covid = _cli(mesh, "similar", key, "--filter", "diagnosis=covid19,labelled_only=true", "--json")
+    assert covid.exit_code == 0, covid.output
+    assert {c["diagnosis"] for c in _documents(covid.stdout, "similar")[0]["cases"]} <= {"covid19"}
+    bad = _cli(mesh, "similar", key, "--filter", "colour=red")
+    assert bad.exit_code == 2 and "bad_filter" in bad.stderr
+
+
+def test_cli_diagnose_a_known_file(mesh: Running) -> None:
+    result = _cli(mesh, "diagnose", get_testdata_file("RG1_UNCR.dcm"), "-k", "5", "--json")
+    assert result.exit_code == 0, result.output
+    doc = _documents(result.stdout, "diagnose")[0]
+    assert doc["study_key"] == mesh.keys["RG1_UNCR.dcm"] and doc["duplicate"] and not doc["failed"]
+    assert set(doc["vote"]) == VOTE_KEYS and doc["vote"]["diagnosis"] != "unknown"
+    assert 1 <= len(doc["vote"]["neighbours"]) <= 5
+    assert all(set(c) == CASE_KEYS for c in doc["vote"]["neighbours"])
+    text = _cli(mesh, "diagnose", get_testdata_file("RG1_UNCR.dcm"))
+    assert text.exit_code == 0 and text.stdout.splitlines()[1].startswith("vote: "), text.output
+
+
+def test_cli_report_chosen_and_all(mesh: Running, tmp_path: Path) -> None:
+    chosen = _cli(mesh, "report", mesh.keys["RG1_UNCR.dcm"], "--out", str(tmp_path / "one"))
+    assert chosen.exit_code == 0, chosen.output
+    assert Path(chosen.stdout.strip()).read_text().count("<html") == 1
+    every = _cli(mesh, "report", "--all", "--out", str(tmp_path / "all"))
+    assert every.exit_code == 0, every.output
+    assert (tmp_path / "all" / "index.html").stat().st_size > (tmp_path / "one" / "index.html").stat().st_size
+    assert _cli(mesh, "report").exit_code == 2
+
+
+def test_cli_unknown_study_and_usage_errors(mesh: Running) -> None:
+    for args in (("study", UNKNOWN_KEY), ("similar", UNKNOWN_KEY), ("report", UNKNOWN_KEY)):
+        result = _cli(mesh, *args)
+        assert result.exit_code == 3, (args, result.output)
+        (line,) = result.stderr.splitlines()
+        assert line.startswith("error: ") and "unknown" in line, line
+    timeout = _cli(mesh, "watch", UNKNOWN_KEY, "--timeout", "2")
+    assert timeout.exit_code == 4 and timeout.stderr.startswith("error: timeout"), timeout.output
+    assert _cli(mesh, "study", "").exit_code == 2
+    assert _cli(mesh, "similar", "abc", "-k", "0").exit_code == 2
+    assert _cli(mesh, "diagnose", "/no/such.dcm").exit_code == 2
+
+
 def test_health_follows_milvus(mesh: Running) -> None:
     """Last (it breaks the mesh): stopping Milvus takes search out of SERVING, others stay healthy."""
     import os
