@@ -1,0 +1,5 @@
+"""``python -m cxrmesh.cli``: the same as the ``cxrmesh`` command."""
+
+from cxrmesh.cli import app
+
+app()
