@@ -28,7 +28,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cxrmesh.contracts.ports import (
     KAFKA,
@@ -40,6 +39,7 @@ from cxrmesh.contracts.ports import (
 )
 from cxrmesh.local.pki import OPERATOR, LocalCA, identity_files, server_identity
 from cxrmesh.local.ports import free_port
+from cxrmesh.runtime.health_probe import health_status
 from cxrmesh.runtime.tls import PLAINTEXT_WARNING, TlsFiles, https_context, open_channel
 
 # start order: prognosis and study view ask search at run time
@@ -137,10 +137,7 @@ def alive(pid: int) -> bool:
 def grpc_health(endpoint: str, timeout_s: float = 2.0, tls: TlsFiles | None = None) -> str:
     """SERVING / NOT_SERVING / UNKNOWN / UNREACHABLE of a service's grpc.health.v1 (over ``tls``)."""
     try:
-        with open_channel(endpoint, tls) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
-            return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+        return health_status(endpoint, tls, timeout_s)
     except grpc.RpcError:
         return "UNREACHABLE"
 

@@ -16,22 +16,27 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cxrmesh.runtime.settings import ServiceSettings
-from cxrmesh.runtime.tls import open_channel
+from cxrmesh.runtime.tls import TlsFiles, open_channel
 
 TIMEOUT_S = 4.0  # below the probes' timeoutSeconds (k8s/base/services/template/workload.yaml)
 
 
+def health_status(target: str, tls: TlsFiles | None, timeout_s: float) -> str:
+    """SERVING / NOT_SERVING / ... of the gRPC server at ``target`` (grpc.RpcError when it does not answer).
+
+    The one health check of a cxrmesh port: this probe and the local mesh supervisor both use it.
+    """
+    with open_channel(target, tls) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
 def probe(settings: ServiceSettings, timeout_s: float = TIMEOUT_S) -> str:
     """The health status name of the service on this pod's gRPC port (UNREACHABLE on any RPC error)."""
-    target = f"127.0.0.1:{settings.grpc_port}"
     try:
-        with open_channel(target, settings.tls()) as channel:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=timeout_s
-            )
+        return health_status(f"127.0.0.1:{settings.grpc_port}", settings.tls(), timeout_s)
     except grpc.RpcError as exc:
         return f"UNREACHABLE ({exc.code().name})"
-    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
 
 def main() -> int:
