@@ -8,6 +8,8 @@ trainings (CUDA is first touched in the children, as fork requires). Used for th
 
 usage: python scripts/train_members_parallel.py CORPUS WORK EPOCHS BUDGET_S [--device cuda] [MEMBER ...]
 BUDGET_S = wall time per member (the epoch count follows the pace, up to EPOCHS; 0 = none).
+``cxr_landmarks`` may be named as a member too: the landmark detector then trains beside them
+(``--landmark-epochs``, same budget).
 """
 
 from __future__ import annotations
@@ -18,16 +20,30 @@ import multiprocessing as mp
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from cxrmesh.contracts.tensors import SEG_MEMBERS
-from cxrmesh.ml.data import Data, load_data
+from cxrmesh.contracts.tensors import LANDMARKER, SEG_MEMBERS
+from cxrmesh.ml.data import Data, load_data, mm_per_input_pixel
 from cxrmesh.ml.loop import resolve_device, seed_everything
-from cxrmesh.ml.metrics import dice_scores
+from cxrmesh.ml.metrics import dice_scores, landmark_error_mm
+from cxrmesh.ml.trainers.landmarker import train_landmarker
 from cxrmesh.ml.trainers.segmenter import train_segmenter
 from cxrmesh.ml.weights import predict
 
 log = logging.getLogger("members")
+
+
+def landmarks(data: Data, work: Path, epochs: int, budget: float | None, device: str) -> None:
+    """The landmark detector, seeded like ``train_all`` (seed + 10), then scored on val."""
+    torch.set_num_threads(2)
+    seed_everything(10)
+    dev = resolve_device(device)
+    model = train_landmarker(data, epochs, work / "runs", work / "weights", False, dev, budget)
+    val = data.index("val")
+    xy, _ = predict(model.to(dev), data.images[val])
+    mm = np.array([mm_per_input_pixel(data.rows[i]) for i in val])
+    log.info("cxr_landmarks: val error %s", landmark_error_mm(xy, data.landmarks[val], mm))
 
 
 def member(name: str, data: Data, work: Path, epochs: int, budget: float | None, device: str) -> None:
@@ -50,16 +66,20 @@ def main() -> None:
     ap.add_argument("budget_s", type=float)
     ap.add_argument("members", nargs="*", default=list(SEG_MEMBERS))
     ap.add_argument("--device", default="cuda")
-    args = ap.parse_args()
+    ap.add_argument("--landmark-epochs", type=int, default=20)
+    args = ap.parse_intermixed_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(processName)s %(message)s")
-    unknown = set(args.members) - set(SEG_MEMBERS)
+    unknown = set(args.members) - set(SEG_MEMBERS) - {LANDMARKER.name}
     if unknown:
         ap.error(f"unknown member(s) {sorted(unknown)}; choose from {', '.join(SEG_MEMBERS)}")
     data = load_data(args.corpus)
     ctx = mp.get_context("fork")
+    budget = args.budget_s or None
     procs = [
-        ctx.Process(
-            target=member, name=m, args=(m, data, args.work, args.epochs, args.budget_s or None, args.device)
+        ctx.Process(target=member, name=m, args=(m, data, args.work, args.epochs, budget, args.device))
+        if m != LANDMARKER.name
+        else ctx.Process(
+            target=landmarks, name=m, args=(data, args.work, args.landmark_epochs, budget, args.device)
         )
         for m in args.members
     ]

@@ -13,7 +13,7 @@ TRAIN_TIMEOUT=${TRAIN_TIMEOUT:-420}
 DEVICE=${DEVICE:-cuda}
 ONLY=${ONLY:-}               # e.g. "embedder,seg": a subset of seg, ensemble, landmarks, embedder, prognosis
 SEG_SECONDS=${SEG_SECONDS:-0}  # wall-time budget per segmentation member (0 = none)
-SEG_MEMBERS=${SEG_MEMBERS:-}   # e.g. "lung_seg_fpn,lung_seg_manet" (empty = all five)
+SEG_MEMBERS=${SEG_MEMBERS:-}   # e.g. "lung_seg_fpn,lung_seg_manet" (empty = all five); with SEG_PARALLEL, cxr_landmarks too
 SEG_PARALLEL=${SEG_PARALLEL:-} # 1 = the members train side by side (scripts/train_members_parallel.py)
 mkdir -p "$OUT" "$WORK"
 log() { echo "[$(date +%T)] $*" | tee -a "$OUT/log.txt"; }
@@ -41,15 +41,16 @@ s = generate(Path(sys.argv[1]), int(sys.argv[2]), seed=1, write_dicom=False, wor
 print(s.get("splits"))
 ' "$WORK/corpus" "$N" 2>&1 | tail -3 | tee -a "$OUT/log.txt"
 
+set +e  # from here on a failed or timed-out step still leaves the rest and the pack
 if [ -n "$SEG_PARALLEL" ]; then
   log "members in parallel: $SEG epochs / ${SEG_SECONDS}s each"
   timeout "$TRAIN_TIMEOUT" python3 scripts/train_members_parallel.py "$WORK/corpus" "$WORK" "$SEG" "$SEG_SECONDS" \
-    --device "$DEVICE" ${SEG_MEMBERS//,/ } 2>&1 | grep -v Warning | tee -a "$OUT/log.txt"
-  ONLY=$(echo "${ONLY:-seg,ensemble,landmarks,embedder,prognosis}" | tr , '\n' | grep -vx seg | paste -sd, -)
+    --device "$DEVICE" --landmark-epochs "$LM" ${SEG_MEMBERS//,/ } 2>&1 | grep -v Warning | tee -a "$OUT/log.txt"
+  DONE=seg; [[ ",$SEG_MEMBERS," == *,cxr_landmarks,* ]] && DONE="seg|landmarks"  # trained beside the members
+  ONLY=$(echo "${ONLY:-seg,ensemble,landmarks,embedder,prognosis}" | tr , '\n' | grep -Evx "$DONE" | paste -sd, -)
   [ -n "$ONLY" ] || ONLY=none
 fi
 log "train (seg $SEG epochs / ${SEG_SECONDS}s, landmarks $LM, embedder $EMB epochs; only: ${ONLY:-all})"
-set +e
 timeout "$TRAIN_TIMEOUT" python3 - "$WORK/corpus" "$WORK" "$SEG" "$LM" "$EMB" "$ONLY" "$SEG_SECONDS" "$DEVICE" "$SEG_MEMBERS" <<'PY' 2>&1 | grep -v Warning | tee -a "$OUT/log.txt"
 import json, logging, sys, time
 from pathlib import Path

@@ -3,7 +3,8 @@
 Joins StudyEmbedded, StudyQuantified and clinical data (from the embedding event or later
 ClinicalUpdated) per study; when embedding and quantification are both there it publishes a
 PrognosisResult: the probability of intubation within 72 h when the clinical data are complete,
-otherwise STATUS_NO_CLINICAL_DATA naming what is missing (no guessing), with the outcomes of the
+otherwise STATUS_NO_CLINICAL_DATA naming what is missing (no guessing), or STATUS_IMAGE_REFUSED when
+the quality gate refused the image (nothing was measured to score), with the outcomes of the
 nearest labelled prior cases from search.
 """
 
@@ -30,6 +31,11 @@ def region_features(q: events_pb2.StudyQuantified) -> np.ndarray:
     """StudyQuantified -> the head's region input, in the one order ``quantify.region_vector`` uses."""
     names = ("area_fraction", "mean_intensity", "opacity_fraction")
     return region_vector({m.region: {n: getattr(m, n) for n in names} for m in q.regions})
+
+
+def refused(q: events_pb2.StudyQuantified) -> bool:
+    """The quality gate refused the image: no regions to score, so no prognosis (said, not guessed)."""
+    return q.quality.verdict == events_pb2.QualityGate.VERDICT_REFUSED
 
 
 def missing_clinical(clinical: common_pb2.ClinicalData) -> list[str]:
@@ -82,7 +88,7 @@ class PrognosisWorker:
                         common_pb2.ClinicalData.FromString(clin) if clin else common_pb2.ClinicalData(),
                     )
                 )
-        complete = [(i, e, q, c) for i, e, q, c in ready if not missing_clinical(c)]
+        complete = [(i, e, q, c) for i, e, q, c in ready if not missing_clinical(c) and not refused(q)]
         probs: dict[int, float] = {}
         if complete:
             inputs = {
@@ -105,11 +111,13 @@ class PrognosisWorker:
             common_pb2.ModelVersion(name=model, version=self.triton.model_version(model)) if probs else None
         )
         pending = []
-        for i, emb, _q, clin in ready:
+        for i, emb, q, clin in ready:
             if results[i] is not None:
                 continue
             msg = events_pb2.PrognosisResult(study_key=emb.study_key, ingested_at=emb.ingested_at)
-            if i in probs:
+            if refused(q):
+                msg.status = events_pb2.PrognosisResult.STATUS_IMAGE_REFUSED
+            elif i in probs:
                 msg.status = events_pb2.PrognosisResult.STATUS_DONE
                 msg.probability_intubation_72h = probs[i]
                 msg.model.CopyFrom(version)

@@ -14,10 +14,11 @@ import numpy as np
 import pydicom
 
 from cxrmesh import __version__
+from cxrmesh.analysis.landmarks import ChosenLandmarks
 from cxrmesh.analysis.pixels import Letterbox
 from cxrmesh.analysis.quantify import region_table
 from cxrmesh.analysis.rale import estimate_rale
-from cxrmesh.analysis.regions import REGION_KEYS, landmark_problems, split_regions
+from cxrmesh.analysis.regions import REGION_KEYS, split_regions
 from cxrmesh.contracts.tensors import MODEL_INPUT
 from cxrmesh.dicom.outputs import make_measurement_report, make_segmentation, regions_to_source, to_bytes
 from cxrmesh.v1 import events_pb2
@@ -31,12 +32,26 @@ class Quantified:
     table: dict[str, dict]
     rale: dict[str, dict[str, int]]
     warnings: list[str]
+    landmarks_estimated: bool
 
 
-def quantify_study(
-    image: np.ndarray, lungs: np.ndarray, carina: tuple[float, float], hilum: tuple[float, float]
-) -> Quantified:
-    """Pure: the four regions, their measurements and the RALE estimate in the model-input frame."""
+def landmark_warnings(chosen: ChosenLandmarks) -> list[str]:
+    """What a reader must know about the landmarks the split used."""
+    if chosen.estimated:
+        return [
+            "landmarks estimated from the lung outline (zones estimated): the detector's were "
+            "implausible: " + "; ".join(chosen.problems)
+        ]
+    return list(chosen.problems)
+
+
+def quantify_study(image: np.ndarray, lungs: np.ndarray, chosen: ChosenLandmarks) -> Quantified:
+    """Pure: the four regions, their measurements and the RALE estimate in the model-input frame.
+
+    ``chosen``: the landmarks to split at (``analysis.landmarks.choose_landmarks``: the detector's
+    or, when those are implausible, the estimate from the lung map).
+    """
+    hilum = chosen.left_hilum
     regions = split_regions(lungs, hilum)
     table = region_table(image, lungs, hilum)
     estimate = estimate_rale(table, image, lungs, hilum)
@@ -57,7 +72,7 @@ def quantify_study(
         for key in REGION_KEYS.values()
     ]
     return Quantified(
-        regions, measurements, estimate.total, table, rale, landmark_problems(lungs, carina, hilum)
+        regions, measurements, estimate.total, table, rale, landmark_warnings(chosen), chosen.estimated
     )
 
 
@@ -66,5 +81,13 @@ def dicom_outputs(source_bytes: bytes, q: Quantified, rows: int, cols: int) -> t
     source = pydicom.dcmread(io.BytesIO(source_bytes))
     regions_src = regions_to_source(q.regions, Letterbox(rows, cols, MODEL_INPUT))
     seg = make_segmentation(source, regions_src, software_version=__version__)
-    sr = make_measurement_report(source, seg, q.table, q.rale, q.rale_total, software_version=__version__)
+    sr = make_measurement_report(
+        source,
+        seg,
+        q.table,
+        q.rale,
+        q.rale_total,
+        software_version=__version__,
+        landmarks_estimated=q.landmarks_estimated,
+    )
     return to_bytes(seg), to_bytes(sr)

@@ -1,8 +1,11 @@
 """Landmarks and four-region quantification: StudySegmented -> Triton cxr_landmarks -> regions.
 
 Splits each lung at the left hilum, measures the four regions, estimates RALE and writes the
-region map plus a DICOM SEG and SR (``measure``), then publishes StudyQuantified. Implausible
-landmarks or members that disagree are reported as warnings on the study, not hidden.
+region map plus a DICOM SEG and SR (``measure``), then publishes StudyQuantified. First the image
+quality gate (``analysis.quality``): an image that is not a frontal chest radiograph is refused
+(published with the reasons and nothing measured) or flagged. Implausible detected landmarks are
+replaced by the estimate from the lung map (``analysis.landmarks``), marked as estimated and
+counted; they and members that disagree are reported as warnings on the study, not hidden.
 """
 
 from __future__ import annotations
@@ -13,13 +16,17 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 import pydicom
+from prometheus_client import Counter
 
+from cxrmesh.analysis.landmarks import ChosenLandmarks, choose_landmarks
 from cxrmesh.analysis.pixels import Letterbox, model_input
+from cxrmesh.analysis.quality import assess_quality
 from cxrmesh.contracts.preprocessing import MODEL_SIZE
 from cxrmesh.contracts.tensors import LANDMARKS, MODEL_INPUT
 from cxrmesh.runtime.blobs import NPY, array_bytes, bytes_array
 from cxrmesh.runtime.grpc_server import ServiceRuntime
 from cxrmesh.runtime.kafka import Event, PermanentError
+from cxrmesh.runtime.metrics import metric
 from cxrmesh.services import batch
 from cxrmesh.services.flow import FLOW
 from cxrmesh.services.model_stage import ModelStage, StageParts, get_result, model_stage_service
@@ -33,6 +40,44 @@ from cxrmesh.v1 import common_pb2, events_pb2, quantification_pb2, quantificatio
 class Inputs:
     display: np.ndarray  # (MODEL_SIZE, MODEL_SIZE)
     lungs: np.ndarray  # (MODEL_INPUT, MODEL_INPUT) uint8
+
+
+VERDICTS = {
+    "pass": events_pb2.QualityGate.VERDICT_PASS,
+    "flagged": events_pb2.QualityGate.VERDICT_FLAGGED,
+    "refused": events_pb2.QualityGate.VERDICT_REFUSED,
+}
+LANDMARK_FALLBACKS = metric(
+    Counter,
+    "cxrmesh_landmark_fallbacks_total",
+    "Studies whose detected landmarks were implausible and were replaced by the estimate from the lung map.",
+)
+QUALITY_VERDICTS = metric(
+    Counter,
+    "cxrmesh_quality_gate_total",
+    "Studies by the image quality gate's verdict (pass, flagged, refused).",
+    ("verdict",),
+)
+
+
+def landmark_messages(
+    chosen: ChosenLandmarks, scores: np.ndarray, box: Letterbox
+) -> list[events_pb2.Landmark]:
+    """The landmarks the split used, in both frames, with calibrated confidence and the estimated mark."""
+    out = []
+    for k, (name, point) in enumerate(zip(LANDMARKS, (chosen.carina, chosen.left_hilum), strict=True)):
+        sx, sy = box.to_source(np.asarray(point))
+        out.append(
+            events_pb2.Landmark(
+                name=name,
+                model=events_pb2.Point(x=float(point[0]), y=float(point[1])),
+                source=events_pb2.Point(x=float(sx), y=float(sy)),
+                confidence=float(chosen.confidence[k]),
+                estimated=chosen.estimated,
+                detector_score=float(scores[k]),
+            )
+        )
+    return out
 
 
 class QuantificationWorker(ModelStage[Inputs]):
@@ -61,41 +106,40 @@ class QuantificationWorker(ModelStage[Inputs]):
         xy, conf = out["landmarks"][j], out["confidence"][j]
         blobs = self.parts.blobs
         image = model_input(item.display)[0, 0]
-        carina, hilum = (float(xy[0, 0]), float(xy[0, 1])), (float(xy[1, 0]), float(xy[1, 1]))
-        q = quantify_study(image, item.lungs, carina, hilum)
-        warnings = list(q.warnings)
-        if src.member_agreement < self.parts.settings.min_member_agreement:
-            warnings.append(f"segmentation members disagree (agreement {src.member_agreement:.2f})")
         rows, cols = src.metadata.rows or MODEL_SIZE, src.metadata.columns or MODEL_SIZE
-        box = Letterbox(rows, cols, MODEL_INPUT)
-        landmarks = []
-        for k, name in enumerate(LANDMARKS):
-            sx, sy = box.to_source(xy[k])
-            landmarks.append(
-                events_pb2.Landmark(
-                    name=name,
-                    model=events_pb2.Point(x=float(xy[k, 0]), y=float(xy[k, 1])),
-                    source=events_pb2.Point(x=float(sx), y=float(sy)),
-                    confidence=float(conf[k]),
-                )
-            )
+        gate = assess_quality(image, item.lungs, src.member_agreement)
+        QUALITY_VERDICTS.labels(verdict=gate.verdict).inc()
+        chosen = choose_landmarks(item.lungs, tuple(map(float, xy[0])), tuple(map(float, xy[1])), tuple(conf))
+        msg = events_pb2.StudyQuantified(
+            study_key=src.study_key,
+            patient_key=src.patient_key,
+            landmarks=landmark_messages(chosen, conf, Letterbox(rows, cols, MODEL_INPUT)),
+            warnings=list(gate.reasons),
+            model=version,
+            ingested_at=src.ingested_at,
+            quality=events_pb2.QualityGate(
+                verdict=VERDICTS[gate.verdict], reasons=gate.reasons, chest_score=gate.chest_score
+            ),
+        )
+        if gate.verdict == "refused":
+            return msg  # not measured: no regions, no RALE, no SEG/SR (the reasons say why)
+        if chosen.estimated:
+            LANDMARK_FALLBACKS.inc()
+        q = quantify_study(image, item.lungs, chosen)
+        msg.warnings.extend(q.warnings)
+        if src.member_agreement < self.parts.settings.min_member_agreement:
+            msg.warnings.append(f"segmentation members disagree (agreement {src.member_agreement:.2f})")
         try:
             seg, sr = dicom_outputs(blobs.get(src.deidentified_dicom), q, rows, cols)
         except (ValueError, AttributeError, pydicom.errors.InvalidDicomError) as exc:
             raise PermanentError(f"cannot write DICOM SEG/SR for this study: {exc}") from exc
-        return events_pb2.StudyQuantified(
-            study_key=src.study_key,
-            patient_key=src.patient_key,
-            landmarks=landmarks,
-            regions=q.measurements,
-            rale_total=q.rale_total,
-            region_map=blobs.put(array_bytes(q.regions.astype(np.uint8)), NPY),
-            warnings=warnings,
-            model=version,
-            dicom_seg=blobs.put(seg, "application/dicom"),
-            dicom_sr=blobs.put(sr, "application/dicom"),
-            ingested_at=src.ingested_at,
-        )
+        msg.regions.extend(q.measurements)
+        msg.rale_total = q.rale_total
+        msg.region_map.CopyFrom(blobs.put(array_bytes(q.regions.astype(np.uint8)), NPY))
+        msg.dicom_seg.CopyFrom(blobs.put(seg, "application/dicom"))
+        msg.dicom_sr.CopyFrom(blobs.put(sr, "application/dicom"))
+        msg.landmarks_estimated = chosen.estimated
+        return msg
 
 
 class QuantificationServicer(quantification_pb2_grpc.QuantificationServiceServicer):

@@ -1,8 +1,8 @@
 """Segmentation: StudyIngested -> Triton lung_seg_ensemble (one request per batch) -> masks.
 
-Writes the right/left lung label map and the ensemble probabilities to the blob store and
-publishes StudySegmented with the members' agreement (mean pairwise Dice), which flags studies
-the five networks disagree on.
+Writes the right/left lung label map (``analysis.lung_map``: argmax plus the anatomy rules) and the
+ensemble probabilities to the blob store and publishes StudySegmented with the members' agreement
+(mean pairwise Dice), which flags studies the five networks disagree on.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import grpc
 import numpy as np
 
+from cxrmesh.analysis.lung_map import lung_map
+from cxrmesh.analysis.pixels import model_input
 from cxrmesh.analysis.quantify import lung_dice
 from cxrmesh.runtime.blobs import NPY, array_bytes
 from cxrmesh.runtime.grpc_server import ServiceRuntime
@@ -50,7 +52,7 @@ class SegmentationWorker(ModelStage[np.ndarray]):
         return events_pb2.StudySegmented(
             study_key=src.study_key,
             patient_key=src.patient_key,
-            lungs=blobs.put(array_bytes(probs.argmax(axis=0).astype(np.uint8)), NPY),
+            lungs=blobs.put(array_bytes(lung_map(probs, model_input(item)[0, 0])), NPY),
             probabilities=blobs.put(array_bytes(probs.astype(np.float16)), NPY),
             member_agreement=member_agreement(out["member_probs"][j]),
             model=version,

@@ -236,6 +236,7 @@ def test_every_study_reaches_a_complete_view(mesh: Running, manifest: list[dict]
     measured by benchmarks/rale_agreement.py and reported in docs/rale.md: 18 mostly mild studies are
     too few to measure it here, so this checks that the mesh computes exactly what was measured.
     """
+    from cxrmesh.analysis.landmarks import ChosenLandmarks
     from cxrmesh.analysis.pixels import model_input
     from cxrmesh.runtime.blobs import bytes_array
     from cxrmesh.services.quantification.measure import quantify_study
@@ -249,8 +250,13 @@ def test_every_study_reaches_a_complete_view(mesh: Running, manifest: list[dict]
         assert 0 <= q.rale_total <= 48 and len(q.landmarks) == 2
         image = model_input(bytes_array(_blob_bytes(view.display_image)))[0, 0]
         lungs = bytes_array(_blob_bytes(view.segmentation.lungs))
+        assert q.quality.verdict == events_pb2.QualityGate.VERDICT_PASS, (name, list(q.quality.reasons))
         (carina, hilum) = [(lm.model.x, lm.model.y) for lm in q.landmarks]
-        again = quantify_study(image, lungs, carina, hilum)
+        assert all(lm.estimated == q.landmarks_estimated for lm in q.landmarks)
+        confidence = tuple(lm.confidence for lm in q.landmarks)
+        again = quantify_study(
+            image, lungs, ChosenLandmarks(carina, hilum, q.landmarks_estimated, (), confidence)
+        )
         assert again.rale_total == q.rale_total
         assert [m.rale_score for m in again.measurements] == [m.rale_score for m in q.regions]
         assert len(view.similar_cases) == 5 and view.diagnosis.neighbours_used > 0

@@ -266,9 +266,9 @@ def landmarker(model: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.nda
 
 
 def segmented(
-    blobs, key: str, dicom: bytes, display: np.ndarray, meta, lungs: np.ndarray
+    blobs, key: str, dicom: bytes, display: np.ndarray, meta, lungs: np.ndarray, agreement: float = 0.7
 ) -> events_pb2.StudySegmented:
-    msg = events_pb2.StudySegmented(study_key=key, patient_key="p", member_agreement=0.5, metadata=meta)
+    msg = events_pb2.StudySegmented(study_key=key, patient_key="p", member_agreement=agreement, metadata=meta)
     msg.display_image.CopyFrom(blobs.put(array_bytes(display.astype(np.float32)), NPY))
     msg.lungs.CopyFrom(blobs.put(array_bytes(lungs), NPY))
     msg.deidentified_dicom.CopyFrom(blobs.put(dicom, "application/dicom"))
@@ -294,17 +294,22 @@ def test_quantification_measures_four_regions_and_writes_seg_and_sr(
         segmented(blobs, "ok", dicom, display, meta, two_lungs()),
         segmented(blobs, "bad-map", dicom, display, meta, np.zeros((8, 8), np.uint8)),
         segmented(blobs, "bad-dicom", b"not a dicom file", display, meta, two_lungs()),
+        segmented(blobs, "blank", dicom, np.full_like(display, 0.5), meta, two_lungs()),
     ]
     results = QuantificationWorker(p)(events(topics.STUDY_SEGMENTED, batch))
 
-    assert results[0] is None
+    assert results[0] is None and results[3] is None
     assert isinstance(results[1], PermanentError) and "lung map" in str(results[1])
     assert isinstance(results[2], PermanentError) and "SEG/SR" in str(results[2])
-    ((topic, key, msg),) = producer.sent
+    (topic, key, msg), (_, blank_key, blank) = producer.sent
     assert (topic, key) == (topics.STUDY_QUANTIFIED, "ok")
     assert len(msg.regions) == 4 and sum(r.area_fraction for r in msg.regions) == pytest.approx(1.0, abs=0.01)
     assert [lm.name for lm in msg.landmarks] == ["carina", "left_hilum"]
-    assert any("members disagree" in w for w in msg.warnings)  # agreement 0.5 < 0.9
+    assert any("members disagree" in w for w in msg.warnings)  # agreement 0.7 < 0.9
+    assert msg.quality.verdict != events_pb2.QualityGate.VERDICT_REFUSED
+    # a blank frame is refused with its reason and not measured: no regions, no SEG/SR
+    assert blank_key == "blank" and blank.quality.verdict == events_pb2.QualityGate.VERDICT_REFUSED
+    assert blank.quality.reasons and not blank.regions and not blank.HasField("dicom_sr")
     assert blobs.get(msg.dicom_seg)[128:132] == b"DICM" and blobs.get(msg.dicom_sr)[128:132] == b"DICM"
     assert p.table.get("ok") == msg
 
@@ -413,3 +418,38 @@ def test_study_view_marks_a_dead_lettered_stage_and_its_dependants_failed(tmp_pa
     assert state["quantified"] == (studyview_pb2.STAGE_FAILED, "upstream stage segmented failed")
     assert state["prognosis"][0] == studyview_pb2.STAGE_PENDING  # its own inputs have not failed
     assert events_pb2.StudyIngested.FromString(payloads["ingested"]) == src
+
+
+def test_implausible_landmarks_are_replaced_by_the_estimate_and_counted(
+    tmp_path: Path, blobs, radiograph
+) -> None:
+    from prometheus_client import REGISTRY
+
+    def swapped(model: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(inputs["image"])
+        xy = np.array([[128.0, 150.0], [150.0, 60.0]], np.float32)  # left hilum above the carina
+        return {"landmarks": np.repeat(xy[None], n, 0), "confidence": np.full((n, 2), 0.05, np.float32)}
+
+    dicom, display, meta = radiograph
+    producer = FakeProducer()
+    p = parts(
+        tmp_path,
+        QuantificationSettings(),
+        "quantification",
+        "cxr_landmarks",
+        events_pb2.StudyQuantified,
+        FakeTriton(swapped),
+        producer,
+        blobs,
+    )
+    before = REGISTRY.get_sample_value("cxrmesh_landmark_fallbacks_total") or 0.0
+    assert QuantificationWorker(p)(
+        events(topics.STUDY_SEGMENTED, [segmented(blobs, "k", dicom, display, meta, two_lungs(), 0.95)])
+    ) == [None]
+    ((_, _, msg),) = producer.sent
+    assert msg.landmarks_estimated and all(lm.estimated for lm in msg.landmarks)
+    assert [round(lm.detector_score, 2) for lm in msg.landmarks] == [0.05, 0.05]
+    hilum = msg.landmarks[1].model
+    assert msg.landmarks[0].model.y < hilum.y  # the estimate is plausible: carina above the hilum
+    assert any("estimated" in w and "above" in w for w in msg.warnings)
+    assert REGISTRY.get_sample_value("cxrmesh_landmark_fallbacks_total") == before + 1

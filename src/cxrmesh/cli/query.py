@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -75,7 +75,9 @@ def _vote_lines(vote: Vote) -> list[str]:
     return [head, *(_case_line(c) for c in vote.neighbours)]
 
 
-def _study_lines(s: StudySummary) -> list[str]:
+def _study_lines(s: StudySummary, marks: Sequence[str] = (), reasons: Collection[str] = ()) -> list[str]:
+    """The study as text; ``marks`` (landmarks estimated, quality flagged/refused) print as lines of their
+    own and ``reasons`` (the quality gate's, already in a mark) are not repeated as warnings."""
     status = "failed" if s.failed else "complete" if s.complete else "in progress"
     lines = [f"study {s.study_key}: {status}"]
     lines += [f"  {st.name:<13} {st.state:<8} {st.reason}".rstrip() for st in s.stages]
@@ -86,7 +88,8 @@ def _study_lines(s: StudySummary) -> list[str]:
             f"RALE {r.rale_extent}x{r.rale_density}={r.rale_score}"
             for r in s.regions
         ]
-    lines += [f"warning: {w}" for w in s.warnings]
+    lines += [f"warning: {w}" for w in s.warnings if w not in reasons]
+    lines += list(marks)
     if s.vote is not None:
         lines += _vote_lines(s.vote)[:1]
     if s.prognosis is not None:
@@ -113,12 +116,16 @@ def study(
 
     --json: {"schema", "kind": "study", "study": StudySummary} (fields in docs/cli.md).
     """
+    from cxrmesh.client import StudySummary
+    from cxrmesh.reporting import views
+
     with _query(home) as cxr:
-        summary = cxr.study(study_key, similar_k)
+        view = cxr.study_view(study_key, similar_k)
+    summary = StudySummary.from_proto(view)
     if as_json:
         _print_json("study", {"study": summary.to_json()})
     else:
-        typer.echo("\n".join(_study_lines(summary)))
+        typer.echo("\n".join(_study_lines(summary, views.mark_lines(view), views.quality_reasons(view))))
 
 
 @app.command(epilog=QUERY_EXIT_CODES)
@@ -221,10 +228,12 @@ def report(
     study_keys: Annotated[list[str] | None, typer.Argument(help="Study keys to report.")] = None,
     home: HomeOpt = MESH_HOME,
     every: Annotated[bool, typer.Option("--all", help="Every study the mesh in --home has seen.")] = False,
-    out: Annotated[Path, typer.Option("--out", help="Folder for index.html.")] = Path("out/report"),
+    out: Annotated[Path, typer.Option("--out", help="Folder of the report.")] = Path("out/report"),
 ) -> None:
-    """Write the HTML report (one self-contained page) for the chosen studies of the local mesh."""
+    """Write the HTML report (index.html and one self-contained page per study under studies/) for the
+    chosen studies of the local mesh."""
     from cxrmesh.reporting.html import write_html_report
+    from cxrmesh.reporting.views import mark_lines, short_key
     from cxrmesh.runtime.blobs import open_blob_store
 
     if bool(study_keys) == every:
@@ -236,3 +245,6 @@ def report(
         views = [cxr.study_view(key) for key in keys]
     blobs = open_blob_store((home / "data" / "blobs").resolve().as_uri())
     typer.echo(str(write_html_report(views, blobs, out, title="cxrmesh report")))
+    for view in views:  # the marks a reader must not miss; stdout stays the index path alone
+        for line in mark_lines(view):
+            typer.echo(f"study {short_key(view.study_key)}: {line}", err=True)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from cxrmesh.analysis.lung_map import lung_map
 from cxrmesh.analysis.pixels import input_labels, model_input
 from cxrmesh.analysis.quantify import lung_dice
 from cxrmesh.contracts.corpus import read_manifest, read_training_copy
@@ -43,7 +44,7 @@ def score_study(client, corpus: Path, row: dict[str, Any]) -> dict[str, Any]:
         "study": row["sop_instance_uid"][-12:],
         "site": row["site"],
         "diagnosis": row["diagnosis"],
-        "dice": round(float(lung_dice(seg.argmax(axis=0), truth)), 4),
+        "dice": round(float(lung_dice(lung_map(seg, image[0, 0]), truth)), 4),
         "landmark_error_mm": [round(float(e), 2) for e in err_mm],
         "embedding_norm": round(float(np.linalg.norm(emb)), 4),
     }

@@ -1,5 +1,6 @@
 """Training-time augmentation: exposure/contrast jitter, small affine warps, and the segmentation
-members' joint image-and-label transform (with the side-swapping mirror).
+members' joint image-and-label transform (with the side-swapping mirror, children's proportions and
+the real-world artefacts of ``artefacts``).
 """
 
 from __future__ import annotations
@@ -8,6 +9,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+from cxrmesh.ml.artefacts import real_world
 
 
 def augment(images: torch.Tensor) -> torch.Tensor:
@@ -19,14 +22,23 @@ def augment(images: torch.Tensor) -> torch.Tensor:
 
 
 def _affine(
-    n: int, dev: torch.device, degrees: float, scale: tuple[float, float], shift: float
+    n: int, dev: torch.device, degrees: float, scale: tuple[float, float], shift: float, aspect: float = 0.0
 ) -> torch.Tensor:
-    """Random affine ``theta`` per image for ``affine_grid``: rotation, zoom (>1 = in) and shift."""
+    """Random affine ``theta`` per image for ``affine_grid``: rotation, zoom (>1 = in) and shift.
+
+    ``aspect`` stretches width against height by up to that share either way: a child's chest is
+    wider for its height than an adult's, and the synthetic patients are adults.
+    """
     ang = (torch.rand(n, device=dev) - 0.5) * math.radians(degrees)
     zoom = scale[0] + torch.rand(n, device=dev) * (scale[1] - scale[0])
+    stretch = 1.0 + (torch.rand(n, device=dev) - 0.5) * 2 * aspect
     move = (torch.rand(n, 2, device=dev) - 0.5) * shift
-    cos, sin = torch.cos(ang) / zoom, torch.sin(ang) / zoom
-    rows = [torch.stack([cos, -sin, move[:, 0]], 1), torch.stack([sin, cos, move[:, 1]], 1)]
+    zx, zy = zoom * stretch, zoom / stretch
+    cos, sin = torch.cos(ang), torch.sin(ang)
+    rows = [
+        torch.stack([cos / zx, -sin / zy, move[:, 0]], 1),
+        torch.stack([sin / zx, cos / zy, move[:, 1]], 1),
+    ]
     return torch.stack(rows, 1)
 
 
@@ -61,9 +73,12 @@ def augment_seg(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tenso
     toss from one training run to the next). With it and the coordinate channel the members get
     (``nets.Segmenter``), position is the one cue that holds; on the real radiograph it lowered the
     wrong-side share for four members of five (docs/models.md).
+
+    Then what real films carry and synthetic ones lack (``artefacts.real_world``: arms, leads and
+    tubes, burned-in text, collimation, blur) and a child's proportions (width against height).
     """
     n, dev = images.shape[0], images.device
-    theta = _affine(n, dev, 12, (0.95, 1.35), 0.12)
+    theta = _affine(n, dev, 12, (0.95, 1.35), 0.12, aspect=0.15)
     keep = torch.rand(n, device=dev) < 1 / 3
     theta[keep] = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], device=dev)
     x = _resample(augment(images), theta)
@@ -73,5 +88,7 @@ def augment_seg(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tenso
     y[mirror] = _SWAP_SIDES.to(dev)[y[mirror].flip(-1)]
     lift = torch.rand(n, 1, 1, 1, device=dev) * 0.4 * (torch.rand(n, 1, 1, 1, device=dev) < 0.5)
     gamma = torch.exp(0.8 * (torch.rand(n, 1, 1, 1, device=dev) - 0.5))
-    noise = torch.randn_like(x) * 0.02 * torch.rand(n, 1, 1, 1, device=dev)
-    return ((lift + (1 - lift) * x.clamp(0, 1) ** gamma) + noise).clamp(0, 1), y
+    x = (lift + (1 - lift) * x.clamp(0, 1) ** gamma).clamp(0, 1)
+    x, y = real_world(x, y)
+    noise = torch.randn_like(x) * 0.03 * torch.rand(n, 1, 1, 1, device=dev)
+    return (x + noise).clamp(0, 1), y

@@ -12,7 +12,7 @@ from cxrmesh.contracts.tensors import SEG_MEMBERS
 from cxrmesh.ml.data import Data, diagnosis_classes, mm_per_input_pixel
 from cxrmesh.ml.ensemble import ensemble_weights
 from cxrmesh.ml.loop import CPU
-from cxrmesh.ml.metrics import dice_scores, landmark_error_mm, retrieval_metrics
+from cxrmesh.ml.metrics import dice_scores, landmark_error_mm, retrieval_metrics, served_dice_scores
 from cxrmesh.ml.weights import load_weights, predict
 
 
@@ -33,7 +33,9 @@ def evaluate(data: Data, weights_dir: Path, device: torch.device = CPU) -> dict[
             plain = plain + probs
         metrics["dice_members"] = members
         metrics["ensemble_weights"] = weights
-        metrics["dice_ensemble"] = float(dice_scores(weighted / sum(weights.values()), truth).mean())
+        served = weighted / sum(weights.values())
+        metrics["dice_ensemble"] = float(served_dice_scores(served, data.images[te], truth).mean())
+        metrics["dice_ensemble_argmax"] = float(dice_scores(served, truth).mean())  # before the anatomy rules
         metrics["dice_ensemble_unweighted"] = float(dice_scores(plain / len(SEG_MEMBERS), truth).mean())
     if data.landmarks is not None and (weights_dir / "cxr_landmarks.pt").exists():
         xy, _ = predict(load_weights("cxr_landmarks", weights_dir, device), data.images[te])

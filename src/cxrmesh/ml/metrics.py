@@ -7,13 +7,24 @@ import math
 import numpy as np
 import torch
 
+from cxrmesh.analysis.lung_map import lung_map
 from cxrmesh.analysis.quantify import lung_dice
 from cxrmesh.contracts.labels import DIAGNOSES
 
 
 def dice_scores(probs: torch.Tensor, truth: torch.Tensor) -> np.ndarray:
-    """Mean of right- and left-lung Dice per image (argmax of the probabilities)."""
+    """Mean of right- and left-lung Dice per image (argmax of the probabilities, no anatomy rules).
+
+    For fitting and comparing the members; what is served is ``served_dice_scores``.
+    """
     return lung_dice(probs.argmax(dim=1).numpy(), truth.numpy())
+
+
+def served_dice_scores(probs: torch.Tensor, images: torch.Tensor, truth: torch.Tensor) -> np.ndarray:
+    """Dice of the lung map as served: ``analysis.lung_map`` (argmax plus the anatomy rules)."""
+    p, x = probs.float().numpy(), images.float().numpy()
+    maps = np.stack([lung_map(p[i], x[i, 0]) for i in range(len(p))])
+    return lung_dice(maps, truth.numpy())
 
 
 def landmark_error_mm(xy: torch.Tensor, truth: torch.Tensor, mm_per_pixel: np.ndarray) -> dict[str, float]:

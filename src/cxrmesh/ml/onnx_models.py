@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cxrmesh.analysis.lung_map import lung_map
 from cxrmesh.contracts.tensors import EMBEDDER, LANDMARKER, SEG_MEMBERS
 from cxrmesh.ml.repository import member_weights, onnx_path
 
@@ -47,6 +48,5 @@ class OnnxModels:
         probs = np.tensordot(self.member_weights, members, axes=1).astype(np.float32)
         xy, conf = self.sessions[LANDMARKER.name].run(None, {"image": image})
         emb, att = self.sessions[EMBEDDER.name].run(None, {"image": image})
-        return Findings(
-            probs.argmax(axis=0).astype(np.uint8), probs, members, xy[0], conf[0], emb[0], att[0, 0]
-        )
+        lungs = lung_map(probs, image[0, 0])
+        return Findings(lungs, probs, members, xy[0], conf[0], emb[0], att[0, 0])

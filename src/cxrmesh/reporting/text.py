@@ -1,4 +1,5 @@
-"""The plain-text report: a few studies summarised for a terminal (``cxrmesh demo`` prints it)."""
+"""The plain-text report: a few studies summarised for a terminal (``cxrmesh demo`` prints it), with the
+same marks as the HTML report (landmarks estimated, quality flagged or refused)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,17 @@ def _study_lines(view: studyview_pb2.StudyView) -> list[str]:
     head = f"Study {v.short_key(view.study_key)}  [{v.study_status(view)}]"
     meta = v.metadata_text(view.metadata)
     lines = [f"{head}  {meta}" if meta else head]
+    # a refused study's reasons stand where its regions would be
+    lines += [f"  Mark: {v.mark_line(m)}" for m in v.marks(view) if m.kind != "refused"]
     if view.stages:
         lines.append(
             "  Stages: " + ", ".join(f"{s.name} {v.STATE_LABELS.get(s.state, '?')}" for s in view.stages)
         )
     q = view.quantification
-    if v.has_regions(view):
+    if v.is_refused(view):
+        reasons = "; ".join(v.quality_reasons(view)) or "no reason given"
+        lines.append(f"  Quantification: not measured (quality: refused): {reasons}")
+    elif v.has_regions(view):
         lines.append(f"  {'Region':<12} {'Area %':>7} {'Opac. %':>8}  RALE extent x density = score")
         for r in v.regions(q):
             name = v.REGION_NAMES.get(r.region, r.region)
@@ -26,9 +32,9 @@ def _study_lines(view: studyview_pb2.StudyView) -> list[str]:
                 f"  {r.rale_extent} x {r.rale_density} = {r.rale_score}"
             )
         lines.append(f"  RALE total (estimated): {q.rale_total}/{v.RALE_MAX}")
-        lines.extend(f"  Warning: {w}" for w in q.warnings)
     else:
         lines.append("  Quantification: none")
+    lines.extend(f"  Warning: {w}" for w in v.other_warnings(view))
     if view.similar_cases:
         lines.append(f"  Similar cases (top {min(v.SIMILAR_SHOWN, len(view.similar_cases))}):")
         for i, c in enumerate(view.similar_cases[: v.SIMILAR_SHOWN], 1):

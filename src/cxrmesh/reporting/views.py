@@ -1,10 +1,15 @@
-"""What the reports say about one StudyView: status, labels, ordered regions and scores, prognosis.
+"""What the reports say about one StudyView: status, labels, ordered regions and scores, prognosis,
+the quality gate's verdict and the estimated-landmark mark, and the file name of its page.
 
 The text report and the HTML report read a study through these functions, so both word a study the
 same way. Study keys are keyed pseudonyms; the reports still show only their first ``KEY_CHARS``.
 """
 
 from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from cxrmesh.analysis.regions import REGION_KEYS
 from cxrmesh.v1 import common_pb2, events_pb2, search_pb2, studyview_pb2
@@ -103,6 +108,8 @@ def prognosis_text(view: studyview_pb2.StudyView) -> str:
                 return f"none: stage failed ({stage.reason or 'no reason given'})"
         return "none yet (pending)"
     p = view.prognosis
+    if p.status == events_pb2.PrognosisResult.STATUS_IMAGE_REFUSED:
+        return "none: the image was refused by the quality gate (not measured)"
     if p.status == events_pb2.PrognosisResult.STATUS_NO_CLINICAL_DATA:
         missing = ", ".join(p.missing_clinical) if p.missing_clinical else "all variables"
         return f"no clinical data: submit clinical data to get a probability (missing: {missing})"
@@ -124,3 +131,157 @@ def metadata_text(m: common_pb2.StudyMetadata) -> str:
         f"site {m.site[:8]}" if m.site else "",
     ]
     return " ".join(p for p in parts if p)
+
+
+# ------------------------------------------------------------------ quality gate and landmark marks
+LANDMARKS_ESTIMATED = "landmarks estimated"
+LANDMARKS_ESTIMATED_NOTE = (
+    "the detector's landmarks were implausible for this lung map; "
+    "the upper/lower split uses landmarks estimated from the lung outline"
+)
+CONFIDENCE_MEANING = "chance within 10 mm"
+# the verdicts a report names; VERDICT_UNSPECIFIED (events from before the gate) says nothing
+VERDICT_LABELS = {
+    events_pb2.QualityGate.VERDICT_PASS: "pass",
+    events_pb2.QualityGate.VERDICT_FLAGGED: "flagged",
+    events_pb2.QualityGate.VERDICT_REFUSED: "refused",
+}
+PAGE_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A badge on a study: ``kind`` (its CSS class: estimated, flagged, refused), its label and why."""
+
+    kind: str
+    label: str
+    reasons: tuple[str, ...]
+
+
+def quality_verdict(view: studyview_pb2.StudyView) -> str:
+    """``pass``, ``flagged`` or ``refused``; empty when the gate said nothing (older events)."""
+    if not view.HasField("quantification"):
+        return ""
+    return VERDICT_LABELS.get(view.quantification.quality.verdict, "")
+
+
+def quality_reasons(view: studyview_pb2.StudyView) -> list[str]:
+    return list(view.quantification.quality.reasons) if quality_verdict(view) else []
+
+
+def is_refused(view: studyview_pb2.StudyView) -> bool:
+    """The quality gate refused the image: nothing was measured."""
+    return quality_verdict(view) == "refused"
+
+
+def estimated_landmarks(view: studyview_pb2.StudyView) -> set[str]:
+    """Names of the landmarks the split used that were estimated from the lung map (none when refused).
+
+    Each landmark says so itself; a study that says its split used estimated landmarks while none of
+    them does counts all of them as estimated (the cautious reading).
+    """
+    if not view.HasField("quantification") or is_refused(view):
+        return set()
+    q = view.quantification
+    named = {lm.name for lm in q.landmarks if lm.estimated}
+    if q.landmarks_estimated and not named:
+        return {lm.name for lm in q.landmarks}
+    return named
+
+
+def landmarks_estimated(view: studyview_pb2.StudyView) -> bool:
+    if not view.HasField("quantification") or is_refused(view):
+        return False
+    return view.quantification.landmarks_estimated or bool(estimated_landmarks(view))
+
+
+def marks(view: studyview_pb2.StudyView) -> list[Mark]:
+    """The study's badges: landmarks estimated, quality flagged or refused (a passing study has none)."""
+    found = []
+    if landmarks_estimated(view):
+        found.append(Mark("estimated", LANDMARKS_ESTIMATED, (LANDMARKS_ESTIMATED_NOTE,)))
+    verdict = quality_verdict(view)
+    if verdict in ("flagged", "refused"):
+        found.append(Mark(verdict, f"quality: {verdict}", tuple(quality_reasons(view))))
+    return found
+
+
+def mark_line(mark: Mark) -> str:
+    """A mark as a sentence for a terminal, e.g. ``quality: flagged: lungs unequal in size``."""
+    return f"{mark.label}: {'; '.join(mark.reasons) or 'no reason given'}"
+
+
+def mark_lines(view: studyview_pb2.StudyView) -> list[str]:
+    return [mark_line(m) for m in marks(view)]
+
+
+def other_warnings(view: studyview_pb2.StudyView) -> list[str]:
+    """The quantification's warnings less those already listed as the quality gate's reasons."""
+    given = set(quality_reasons(view))
+    return [w for w in view.quantification.warnings if w not in given]
+
+
+def confidence_percent(lm: events_pb2.Landmark) -> str:
+    """The calibrated confidence as ``82 %``; empty when the event carries none (older events)."""
+    if lm.confidence == 0 and lm.detector_score == 0:
+        return ""
+    return f"{100 * lm.confidence:.0f} %"
+
+
+def landmark_confidence(lm: events_pb2.Landmark) -> str:
+    """``82 % chance within 10 mm`` (the calibrated confidence); empty when there is none."""
+    percent = confidence_percent(lm)
+    return f"{percent} {CONFIDENCE_MEANING}" if percent else ""
+
+
+def page_name(key: str) -> str:
+    """A file name stem for the study's page: its short key with anything outside [A-Za-z0-9_-] as ``_``."""
+    return PAGE_NAME_UNSAFE.sub("_", key[:KEY_CHARS]) if key else "no-key"
+
+
+def page_names(views: Sequence[studyview_pb2.StudyView]) -> list[str]:
+    """One distinct page name per study, in order (``-2``, ``-3`` ... after a repeated short key)."""
+    names: list[str] = []
+    for view in views:
+        stem = page_name(view.study_key)
+        name, n = stem, 1
+        while name in names:
+            n += 1
+            name = f"{stem}-{n}"
+        names.append(name)
+    return names
+
+
+def metadata_rows(m: common_pb2.StudyMetadata) -> list[tuple[str, str]]:
+    """Every metadata field that is set, as (label, text); the site pseudonym cut like a study key."""
+    rows = [
+        ("modality", m.modality),
+        ("view position", m.view_position),
+        ("sex", m.sex),
+        ("age band", m.age_band),
+        ("study date (shifted)", m.study_date),
+        ("site", m.site[:KEY_CHARS]),
+        ("manufacturer", m.manufacturer),
+        ("size", f"{m.columns} x {m.rows} pixels" if m.rows and m.columns else ""),
+        ("bits stored", str(m.bits_stored) if m.bits_stored else ""),
+        ("photometric", m.photometric),
+        ("transfer syntax", m.transfer_syntax),
+        ("pixel spacing", f"{m.pixel_spacing_mm:.3f} mm" if m.pixel_spacing_mm else ""),
+    ]
+    return [(label, text) for label, text in rows if text]
+
+
+def model_rows(view: studyview_pb2.StudyView) -> list[tuple[str, str]]:
+    """Which model produced each result, as (stage, ``name version``), for the stages that report one."""
+    found = [
+        (stage, f"{msg.model.name} {msg.model.version}".strip())
+        for stage, field, msg in (
+            ("segmentation", "segmentation", view.segmentation),
+            ("quantification", "quantification", view.quantification),
+            ("prognosis", "prognosis", view.prognosis),
+        )
+        if view.HasField(field) and msg.HasField("model")
+    ]
+    if view.HasField("segmentation") and view.segmentation.member_agreement:
+        found.append(("segmentation members' agreement", f"{view.segmentation.member_agreement:.2f}"))
+    return found

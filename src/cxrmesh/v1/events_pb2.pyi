@@ -150,19 +150,43 @@ class Point(_message.Message):
     def __init__(self, x: _Optional[float] = ..., y: _Optional[float] = ...) -> None: ...
 
 class Landmark(_message.Message):
-    __slots__ = ("name", "model", "source", "confidence")
+    __slots__ = ("name", "model", "source", "confidence", "estimated", "detector_score")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_FIELD_NUMBER: _ClassVar[int]
+    DETECTOR_SCORE_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: Point
     source: Point
     confidence: float
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[_Union[Point, _Mapping]] = ..., source: _Optional[_Union[Point, _Mapping]] = ..., confidence: _Optional[float] = ...) -> None: ...
+    estimated: bool
+    detector_score: float
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[_Union[Point, _Mapping]] = ..., source: _Optional[_Union[Point, _Mapping]] = ..., confidence: _Optional[float] = ..., estimated: _Optional[bool] = ..., detector_score: _Optional[float] = ...) -> None: ...
+
+class QualityGate(_message.Message):
+    __slots__ = ("verdict", "reasons", "chest_score")
+    class Verdict(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        VERDICT_UNSPECIFIED: _ClassVar[QualityGate.Verdict]
+        VERDICT_PASS: _ClassVar[QualityGate.Verdict]
+        VERDICT_FLAGGED: _ClassVar[QualityGate.Verdict]
+        VERDICT_REFUSED: _ClassVar[QualityGate.Verdict]
+    VERDICT_UNSPECIFIED: QualityGate.Verdict
+    VERDICT_PASS: QualityGate.Verdict
+    VERDICT_FLAGGED: QualityGate.Verdict
+    VERDICT_REFUSED: QualityGate.Verdict
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    CHEST_SCORE_FIELD_NUMBER: _ClassVar[int]
+    verdict: QualityGate.Verdict
+    reasons: _containers.RepeatedScalarFieldContainer[str]
+    chest_score: float
+    def __init__(self, verdict: _Optional[_Union[QualityGate.Verdict, str]] = ..., reasons: _Optional[_Iterable[str]] = ..., chest_score: _Optional[float] = ...) -> None: ...
 
 class StudyQuantified(_message.Message):
-    __slots__ = ("study_key", "patient_key", "landmarks", "regions", "rale_total", "region_map", "warnings", "model", "dicom_seg", "dicom_sr", "ingested_at")
+    __slots__ = ("study_key", "patient_key", "landmarks", "regions", "rale_total", "region_map", "warnings", "model", "dicom_seg", "dicom_sr", "ingested_at", "quality", "landmarks_estimated")
     STUDY_KEY_FIELD_NUMBER: _ClassVar[int]
     PATIENT_KEY_FIELD_NUMBER: _ClassVar[int]
     LANDMARKS_FIELD_NUMBER: _ClassVar[int]
@@ -174,6 +198,8 @@ class StudyQuantified(_message.Message):
     DICOM_SEG_FIELD_NUMBER: _ClassVar[int]
     DICOM_SR_FIELD_NUMBER: _ClassVar[int]
     INGESTED_AT_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_FIELD_NUMBER: _ClassVar[int]
+    LANDMARKS_ESTIMATED_FIELD_NUMBER: _ClassVar[int]
     study_key: str
     patient_key: str
     landmarks: _containers.RepeatedCompositeFieldContainer[Landmark]
@@ -185,7 +211,9 @@ class StudyQuantified(_message.Message):
     dicom_seg: _common_pb2.BlobRef
     dicom_sr: _common_pb2.BlobRef
     ingested_at: _timestamp_pb2.Timestamp
-    def __init__(self, study_key: _Optional[str] = ..., patient_key: _Optional[str] = ..., landmarks: _Optional[_Iterable[_Union[Landmark, _Mapping]]] = ..., regions: _Optional[_Iterable[_Union[RegionMeasurement, _Mapping]]] = ..., rale_total: _Optional[int] = ..., region_map: _Optional[_Union[_common_pb2.BlobRef, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ..., model: _Optional[_Union[_common_pb2.ModelVersion, _Mapping]] = ..., dicom_seg: _Optional[_Union[_common_pb2.BlobRef, _Mapping]] = ..., dicom_sr: _Optional[_Union[_common_pb2.BlobRef, _Mapping]] = ..., ingested_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    quality: QualityGate
+    landmarks_estimated: bool
+    def __init__(self, study_key: _Optional[str] = ..., patient_key: _Optional[str] = ..., landmarks: _Optional[_Iterable[_Union[Landmark, _Mapping]]] = ..., regions: _Optional[_Iterable[_Union[RegionMeasurement, _Mapping]]] = ..., rale_total: _Optional[int] = ..., region_map: _Optional[_Union[_common_pb2.BlobRef, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ..., model: _Optional[_Union[_common_pb2.ModelVersion, _Mapping]] = ..., dicom_seg: _Optional[_Union[_common_pb2.BlobRef, _Mapping]] = ..., dicom_sr: _Optional[_Union[_common_pb2.BlobRef, _Mapping]] = ..., ingested_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., quality: _Optional[_Union[QualityGate, _Mapping]] = ..., landmarks_estimated: _Optional[bool] = ...) -> None: ...
 
 class PrognosisResult(_message.Message):
     __slots__ = ("study_key", "status", "probability_intubation_72h", "model", "missing_clinical", "neighbours_with_outcome", "neighbours_intubated", "ingested_at")
@@ -194,9 +222,11 @@ class PrognosisResult(_message.Message):
         STATUS_UNSPECIFIED: _ClassVar[PrognosisResult.Status]
         STATUS_DONE: _ClassVar[PrognosisResult.Status]
         STATUS_NO_CLINICAL_DATA: _ClassVar[PrognosisResult.Status]
+        STATUS_IMAGE_REFUSED: _ClassVar[PrognosisResult.Status]
     STATUS_UNSPECIFIED: PrognosisResult.Status
     STATUS_DONE: PrognosisResult.Status
     STATUS_NO_CLINICAL_DATA: PrognosisResult.Status
+    STATUS_IMAGE_REFUSED: PrognosisResult.Status
     STUDY_KEY_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     PROBABILITY_INTUBATION_72H_FIELD_NUMBER: _ClassVar[int]

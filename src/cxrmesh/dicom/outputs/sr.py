@@ -54,6 +54,12 @@ CODE_RALE_EXTENT: Final[Code] = _private("CXM010", "RALE extent score")
 CODE_RALE_DENSITY: Final[Code] = _private("CXM011", "RALE density score")
 CODE_RALE_ZONE_SCORE: Final[Code] = _private("CXM012", "RALE zone score")
 CODE_RALE_TOTAL: Final[Code] = _private("CXM013", "RALE total score")
+# How the upper/lower zone boundary was placed (a qualitative evaluation on every zone group): at the
+# detected left hilum, or at one estimated from the lung outline because the detected pair was
+# implausible (cxrmesh.analysis.landmarks). A reader must see that the zones are estimated.
+CODE_ZONE_BOUNDARY_METHOD: Final[Code] = _private("CXM020", "Zone boundary method")
+CODE_BOUNDARY_DETECTED: Final[Code] = _private("CXM021", "Left hilum detected")
+CODE_BOUNDARY_ESTIMATED: Final[Code] = _private("CXM022", "Left hilum estimated from lung outline")
 
 UNIT_PERCENT: Final[Code] = codes.UCUM.Percent  # UCUM "%"
 UNIT_NONE: Final[Code] = codes.UCUM.NoUnits  # UCUM "1"
@@ -145,12 +151,14 @@ def make_measurement_report(
     *,
     software_version: str,
     series_number: int = SR_SERIES_NUMBER,
+    landmarks_estimated: bool = False,
 ) -> hd.sr.Comprehensive3DSR:
     """A TID 1500 Measurement Report on ``source`` whose zone groups reference ``segmentation``.
 
     ``table`` is :func:`cxrmesh.analysis.quantify.region_table` output (fractions in 0..1; written as
     percent). ``rale`` maps region key -> {"extent", "density"[, "score"]}; ``rale_total`` is the
-    0..48 sum. Either may be None; if both are given they must agree.
+    0..48 sum. Either may be None; if both are given they must agree. ``landmarks_estimated``: the
+    zone boundary comes from an estimated left hilum; every zone group says so.
     """
     version = check_version(software_version)
     meta = source_meta(source)
@@ -158,7 +166,15 @@ def make_measurement_report(
     src_uid = str(meta.SOPInstanceUID)
     algo = hd.sr.AlgorithmIdentification(name=ALGORITHM_NAME, version=version)
 
-    payload: dict[str, object] = {"seg": str(segmentation.SOPInstanceUID), "zones": {}}
+    payload: dict[str, object] = {
+        "seg": str(segmentation.SOPInstanceUID),
+        "zones": {},
+        "boundary": "estimated" if landmarks_estimated else "detected",
+    }
+    boundary = hd.sr.QualitativeEvaluation(
+        name=CODE_ZONE_BOUNDARY_METHOD,
+        value=CODE_BOUNDARY_ESTIMATED if landmarks_estimated else CODE_BOUNDARY_DETECTED,
+    )
     groups: list = []
     zone_scores: dict[str, tuple[int, int, int]] = {}
     for zs in ZONE_SEGMENTS:
@@ -201,6 +217,7 @@ def make_measurement_report(
                 finding_sites=[site],
                 algorithm_id=algo,
                 measurements=measurements,
+                qualitative_evaluations=[boundary],
             )
         )
 

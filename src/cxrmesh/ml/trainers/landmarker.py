@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from cxrmesh.contracts.tensors import MODEL_INPUT
+from cxrmesh.ml.artefacts import real_world
 from cxrmesh.ml.augment import augment
 from cxrmesh.ml.data import Data
 from cxrmesh.ml.loop import CPU, batches, run_epochs
@@ -24,7 +25,13 @@ def _gaussian_targets(xy: torch.Tensor, size: int, sigma: float) -> torch.Tensor
 
 
 def train_landmarker(
-    data: Data, epochs: int, run_dir: Path, weights_dir: Path, resume: bool, device: torch.device = CPU
+    data: Data,
+    epochs: int,
+    run_dir: Path,
+    weights_dir: Path,
+    resume: bool,
+    device: torch.device = CPU,
+    budget_s: float | None = None,
 ) -> Landmarker:
     assert data.landmarks is not None, "landmark training needs landmarks"
     model = Landmarker().to(device)
@@ -33,7 +40,7 @@ def train_landmarker(
 
     def steps(epoch: int) -> Iterable[torch.Tensor]:
         for b in batches(train_idx, 16):
-            x = augment(data.images[b].to(device).float())
+            x, _ = real_world(augment(data.images[b].to(device).float()))  # labels stay exact
             target = (data.landmarks[b].to(device) + 0.5) / f - 0.5  # in WORK pixels
             heat = model.heatmaps(x)
             logp = F.log_softmax(heat.flatten(2) * model.beta, dim=-1)
@@ -41,4 +48,4 @@ def train_landmarker(
             xy, _ = soft_argmax(heat, model.beta)
             yield -(gauss * logp).sum(-1).mean() + 0.5 * F.smooth_l1_loss(xy, target)
 
-    return run_epochs("cxr_landmarks", model, epochs, steps, run_dir, weights_dir, 3e-3, resume)
+    return run_epochs("cxr_landmarks", model, epochs, steps, run_dir, weights_dir, 3e-3, resume, budget_s)

@@ -1,0 +1,92 @@
+"""The before/after figure of docs/real-radiographs.md: lung maps and landmarks on real-looking films.
+
+Rows: the real radiograph (pydicom-data RG1_UNCR) and test-split synthetic films with real-world
+artefacts drawn on (``cxrmesh.ml.artefacts.real_world``, a fixed seed per film). Columns:
+"before" = a model repository's plain argmax and its detector's landmarks as they are (what was
+served before the anatomy rules and the fallback); "after" = another repository's lung map as
+served now (``analysis.lung_map``) and the landmarks the split uses (``analysis.landmarks``;
+estimated ones are labelled so).
+
+    python benchmarks/real_radiograph_figure.py --before OLD_REPO --after model_repository \\
+        --out docs/real-radiographs-before-after.png
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from cxrmesh.analysis.landmarks import choose_landmarks
+from cxrmesh.analysis.overlay import draw_overlay, font
+from cxrmesh.analysis.pixels import model_input
+from cxrmesh.ml.artefacts import real_world
+from cxrmesh.ml.data import load_data
+from cxrmesh.ml.onnx_models import OnnxModels
+from cxrmesh.synth.contact import real_radiograph
+
+SIZE = 384
+HEADER = 40
+
+
+def films(corpus: Path, picks: list[int]) -> list[tuple[str, np.ndarray]]:
+    display, _ = real_radiograph()
+    out = [("real RG1", model_input(display))]
+    data = load_data(corpus)
+    test = data.index("test")
+    for k in picks:
+        i = int(test[k])
+        torch.manual_seed(1000 + i)
+        x, _ = real_world(data.images[i : i + 1].float())
+        out.append((f"synthetic + artefacts #{k}", x.numpy().astype(np.float32)))
+    return out
+
+
+def panel(image: np.ndarray, lungs: np.ndarray, carina, hilum, estimated: bool) -> Image.Image:
+    view = np.asarray(
+        Image.fromarray((image[0, 0] * 255).astype(np.uint8)).resize((SIZE, SIZE), Image.Resampling.LANCZOS)
+    )
+    suffix = " (estimated)" if estimated else ""
+    marks = [("carina" + suffix, *map(float, carina)), ("left_hilum" + suffix, *map(float, hilum))]
+    return draw_overlay(view, lungs=lungs, landmarks=marks)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--before", type=Path, required=True)
+    ap.add_argument("--after", type=Path, default=Path("model_repository"))
+    ap.add_argument("--corpus", type=Path, default=Path("data/corpus-2000"))
+    ap.add_argument("--picks", type=int, nargs="*", default=[3, 11, 25])
+    ap.add_argument("--out", type=Path, default=Path("docs/real-radiographs-before-after.png"))
+    args = ap.parse_args()
+    before, after = OnnxModels(args.before, threads=2), OnnxModels(args.after, threads=2)
+    rows = films(args.corpus, args.picks)
+    sheet = Image.new("RGB", (2 * SIZE, HEADER + len(rows) * (SIZE + 24)), (0, 0, 0))
+    draw = ImageDraw.Draw(sheet)
+    draw.text((8, 8), "before: argmax + detector landmarks", fill=(255, 255, 255), font=font(16))
+    draw.text((SIZE + 8, 8), "after: served lung map + landmarks used", fill=(255, 255, 255), font=font(16))
+    for r, (name, image) in enumerate(rows):
+        y = HEADER + r * (SIZE + 24)
+        b, a = before.run(image), after.run(image)
+        chosen = choose_landmarks(
+            a.lungs, tuple(a.landmarks[0]), tuple(a.landmarks[1]), tuple(a.landmark_confidence)
+        )
+        sheet.paste(panel(image, b.probs.argmax(axis=0), b.landmarks[0], b.landmarks[1], False), (0, y))
+        sheet.paste(panel(image, a.lungs, chosen.carina, chosen.left_hilum, chosen.estimated), (SIZE, y))
+        draw.text((8, y + SIZE + 4), name, fill=(255, 255, 255), font=font(14))
+        note = (
+            "landmarks estimated: " + "; ".join(chosen.problems)
+            if chosen.estimated
+            else "detector landmarks used"
+        )
+        draw.text((SIZE + 8, y + SIZE + 4), note[:70], fill=(255, 255, 255), font=font(14))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(args.out)
+    print(args.out)
+
+
+if __name__ == "__main__":
+    main()
