@@ -47,7 +47,7 @@ def films(corpus: Path, picks: list[int]) -> list[tuple[str, np.ndarray]]:
 
 def panel(image: np.ndarray, lungs: np.ndarray, carina, hilum, estimated: bool) -> Image.Image:
     view = np.asarray(
-        Image.fromarray((image[0, 0] * 255).astype(np.uint8)).resize((SIZE, SIZE), Image.Resampling.LANCZOS)
+        Image.fromarray(image[0, 0].astype(np.float32)).resize((SIZE, SIZE), Image.Resampling.BILINEAR)
     )
     suffix = " (estimated)" if estimated else ""
     marks = [("carina" + suffix, *map(float, carina)), ("left_hilum" + suffix, *map(float, hilum))]
@@ -58,31 +58,40 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--before", type=Path, required=True)
     ap.add_argument("--after", type=Path, default=Path("model_repository"))
+    ap.add_argument("--candidate", type=Path, help="a third column: another repository, served the same way")
     ap.add_argument("--corpus", type=Path, default=Path("data/corpus-2000"))
     ap.add_argument("--picks", type=int, nargs="*", default=[3, 11, 25])
     ap.add_argument("--out", type=Path, default=Path("docs/real-radiographs-before-after.png"))
     args = ap.parse_args()
-    before, after = OnnxModels(args.before, threads=2), OnnxModels(args.after, threads=2)
+    served = [OnnxModels(args.after, threads=2)]
+    titles = ["before: argmax + detector landmarks", "after: served lung map + landmarks used"]
+    if args.candidate:
+        served.append(OnnxModels(args.candidate, threads=2))
+        titles.append("candidate members (artefact-trained)")
+    before = OnnxModels(args.before, threads=2)
     rows = films(args.corpus, args.picks)
-    sheet = Image.new("RGB", (2 * SIZE, HEADER + len(rows) * (SIZE + 24)), (0, 0, 0))
+    sheet = Image.new("RGB", (len(titles) * SIZE, HEADER + len(rows) * (SIZE + 24)), (0, 0, 0))
     draw = ImageDraw.Draw(sheet)
-    draw.text((8, 8), "before: argmax + detector landmarks", fill=(255, 255, 255), font=font(16))
-    draw.text((SIZE + 8, 8), "after: served lung map + landmarks used", fill=(255, 255, 255), font=font(16))
+    for c, title in enumerate(titles):
+        draw.text((c * SIZE + 8, 8), title, fill=(255, 255, 255), font=font(16))
     for r, (name, image) in enumerate(rows):
         y = HEADER + r * (SIZE + 24)
-        b, a = before.run(image), after.run(image)
-        chosen = choose_landmarks(
-            a.lungs, tuple(a.landmarks[0]), tuple(a.landmarks[1]), tuple(a.landmark_confidence)
-        )
+        b = before.run(image)
         sheet.paste(panel(image, b.probs.argmax(axis=0), b.landmarks[0], b.landmarks[1], False), (0, y))
-        sheet.paste(panel(image, a.lungs, chosen.carina, chosen.left_hilum, chosen.estimated), (SIZE, y))
         draw.text((8, y + SIZE + 4), name, fill=(255, 255, 255), font=font(14))
-        note = (
-            "landmarks estimated: " + "; ".join(chosen.problems)
-            if chosen.estimated
-            else "detector landmarks used"
-        )
-        draw.text((SIZE + 8, y + SIZE + 4), note[:70], fill=(255, 255, 255), font=font(14))
+        for c, models in enumerate(served, start=1):
+            a = models.run(image)
+            lm, score = a.landmarks, tuple(a.landmark_confidence)
+            chosen = choose_landmarks(a.lungs, tuple(lm[0]), tuple(lm[1]), score)
+            sheet.paste(
+                panel(image, a.lungs, chosen.carina, chosen.left_hilum, chosen.estimated), (c * SIZE, y)
+            )
+            note = (
+                "landmarks estimated: " + "; ".join(chosen.problems)
+                if chosen.estimated
+                else "detector landmarks"
+            )
+            draw.text((c * SIZE + 8, y + SIZE + 4), note[:60], fill=(255, 255, 255), font=font(14))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(args.out)
     print(args.out)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from support.drawn_chest import drawn_display, drawn_lungs
 
 from cxrmesh.analysis.overlay import LANDMARK_STYLE, LUNG_COLOURS, REGION_COLOURS
 from cxrmesh.analysis.regions import REGION_KEYS, split_regions
@@ -25,24 +26,6 @@ ROOT = Path(__file__).resolve().parents[2]
 HILUM = (150.0, 120.0)
 CARINA = (128.0, 100.0)
 FAILED_REASON = "Triton cxr_landmarks: DEADLINE_EXCEEDED after 3 attempts"
-
-
-def _display() -> np.ndarray:
-    """A 512x512 grey chest-like image in [0, 1]: bright body, darker lung fields."""
-    yy, xx = np.mgrid[0:512, 0:512]
-    img = np.full((512, 512), 0.75, np.float32)
-    for cx in (170, 342):
-        img[((xx - cx) / 70) ** 2 + ((yy - 260) / 150) ** 2 < 1] = 0.3
-    return img
-
-
-def _lungs() -> np.ndarray:
-    """256x256 lung labels: right lung (1) on the image's left, left lung (2) on its right."""
-    yy, xx = np.mgrid[0:256, 0:256]
-    lungs = np.zeros((256, 256), np.uint8)
-    lungs[((xx - 85) / 35) ** 2 + ((yy - 130) / 75) ** 2 < 1] = 1
-    lungs[((xx - 171) / 35) ** 2 + ((yy - 130) / 75) ** 2 < 1] = 2
-    return lungs
 
 
 def _attention() -> np.ndarray:
@@ -68,9 +51,9 @@ def _view(
     view.metadata.CopyFrom(
         common_pb2.StudyMetadata(modality="CR", view_position="PA", sex="F", age_band="50-59")
     )
-    view.display_image.CopyFrom(blobs.put(array_bytes(_display()), NPY))
+    view.display_image.CopyFrom(blobs.put(array_bytes(drawn_display()), NPY))
     view.attention_map.CopyFrom(blobs.put(array_bytes(_attention()), NPY))
-    lungs = _lungs()
+    lungs = drawn_lungs()
     view.segmentation.lungs.CopyFrom(blobs.put(array_bytes(lungs), NPY))
     for name in ("ingested", "embedded", "segmented", "quantified", "prognosis"):
         view.stages.add(name=name, state=studyview_pb2.STAGE_DONE)
@@ -133,7 +116,7 @@ def views(blobs: LocalBlobStore) -> list[studyview_pb2.StudyView]:
 
 
 def test_overlay_has_display_size_and_colours_masks_not_background() -> None:
-    display, lungs = _display(), _lungs()
+    display, lungs = drawn_display(), drawn_lungs()
     regions = split_regions(lungs, HILUM)
     png = overlay_png(display, lungs, regions, [("carina", *CARINA), ("left_hilum", *HILUM)], None)
     rgb = _rgb(png)
@@ -154,8 +137,8 @@ def test_overlay_has_display_size_and_colours_masks_not_background() -> None:
 
 
 def test_overlay_draws_lung_outlines_and_landmarks_where_they_are() -> None:
-    lungs = _lungs()
-    rgb = _rgb(overlay_png(_display(), lungs, None, [("carina", *CARINA), ("left_hilum", *HILUM)], None))
+    lungs = drawn_lungs()
+    rgb = _rgb(overlay_png(drawn_display(), lungs, None, [("carina", *CARINA), ("left_hilum", *HILUM)], None))
     # the right lung's leftmost column (256 frame) -> its edge at 512 is outlined in the right-lung colour
     cols = np.nonzero((lungs == 1).any(axis=0))[0]
     row = 130 * 2
@@ -171,7 +154,7 @@ def test_overlay_draws_lung_outlines_and_landmarks_where_they_are() -> None:
 
 
 def test_overlay_attention_heatmap_only_where_attention_is() -> None:
-    display = _display()
+    display = drawn_display()
     rgb = _rgb(overlay_png(display, None, None, [], _attention()))
     assert rgb.shape == (512, 512, 3)
     assert _coloured(rgb[368, 368])  # centre of the hot block
@@ -180,7 +163,7 @@ def test_overlay_attention_heatmap_only_where_attention_is() -> None:
 
 
 def test_overlay_without_layers_is_the_grey_image_and_rejects_bad_shapes() -> None:
-    display = _display()
+    display = drawn_display()
     rgb = _rgb(overlay_png(display, None, None, [], None))
     assert np.abs(rgb[..., 0] - np.round(display * 255)).max() <= 1
     assert (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()
@@ -189,7 +172,7 @@ def test_overlay_without_layers_is_the_grey_image_and_rejects_bad_shapes() -> No
 
 
 def test_overlay_scales_labels_to_other_display_sizes() -> None:
-    lungs = _lungs()
+    lungs = drawn_lungs()
     rgb = _rgb(
         overlay_png(np.full((256, 256), 0.5, np.float32), lungs, split_regions(lungs, HILUM), [], None)
     )

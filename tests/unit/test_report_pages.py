@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from support.drawn_chest import drawn_display, drawn_lungs
 
 from cxrmesh.analysis.overlay import LANDMARK_STYLE
 from cxrmesh.analysis.regions import REGION_KEYS, split_regions
@@ -37,22 +38,6 @@ KEYS = {
 NAME_RULE = re.compile(r"[A-Za-z0-9_-]+\.html")
 
 
-def _display() -> np.ndarray:
-    yy, xx = np.mgrid[0:512, 0:512]
-    img = np.full((512, 512), 0.75, np.float32)
-    for cx in (170, 342):
-        img[((xx - cx) / 70) ** 2 + ((yy - 260) / 150) ** 2 < 1] = 0.3
-    return img
-
-
-def _lungs() -> np.ndarray:
-    yy, xx = np.mgrid[0:256, 0:256]
-    lungs = np.zeros((256, 256), np.uint8)
-    lungs[((xx - 85) / 35) ** 2 + ((yy - 130) / 75) ** 2 < 1] = 1
-    lungs[((xx - 171) / 35) ** 2 + ((yy - 130) / 75) ** 2 < 1] = 2
-    return lungs
-
-
 def _study(
     blobs: LocalBlobStore,
     key: str,
@@ -65,8 +50,8 @@ def _study(
     view.metadata.CopyFrom(
         common_pb2.StudyMetadata(modality="CR", view_position="PA", rows=2048, columns=2048)
     )
-    view.display_image.CopyFrom(blobs.put(array_bytes(_display()), NPY))
-    lungs = _lungs()
+    view.display_image.CopyFrom(blobs.put(array_bytes(drawn_display()), NPY))
+    lungs = drawn_lungs()
     view.segmentation.lungs.CopyFrom(blobs.put(array_bytes(lungs), NPY))
     for name in ("ingested", "embedded", "segmented", "quantified", "prognosis"):
         view.stages.add(name=name, state=studyview_pb2.STAGE_DONE)
@@ -250,7 +235,7 @@ def test_html_in_reasons_and_warnings_is_escaped(blobs: LocalBlobStore, tmp_path
 
 
 def test_an_estimated_landmark_gets_a_dashed_ring_in_its_colour() -> None:
-    display, lungs = _display(), _lungs()
+    display, lungs = drawn_display(), drawn_lungs()
     marks = [("carina", *CARINA), ("left_hilum", *HILUM)]
     plain = np.asarray(Image.open(io.BytesIO(overlay_png(display, lungs, None, marks, None))).convert("RGB"))
     ringed = np.asarray(
