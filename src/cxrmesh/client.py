@@ -286,8 +286,10 @@ class StudySummary:
     stages: list[Stage]
     metadata: dict[str, Any]
     regions: list[Region]
-    rale_total: int | None  # 0-48 (estimated), None before quantification
+    rale_total: int | None  # 0-48 (estimated), None before quantification or when refused
     warnings: list[str]
+    quality: str | None  # the image quality gate: pass, flagged, refused; None before quantification
+    landmarks_estimated: bool  # the zone split used landmarks estimated from the lung map
     vote: Vote | None
     prognosis: Prognosis | None
     similar: list[SimilarCase]
@@ -335,8 +337,12 @@ class StudySummary:
             stages=stages,
             metadata=_fields(v.metadata),
             regions=regions,
-            rale_total=q.rale_total if state.get("quantified") == "done" else None,
+            rale_total=q.rale_total if state.get("quantified") == "done" and q.regions else None,
             warnings=list(q.warnings),
+            quality=_enum_name(events_pb2.QualityGate.Verdict.Name(q.quality.verdict), "VERDICT_")
+            if q.quality.verdict
+            else None,
+            landmarks_estimated=q.landmarks_estimated,
             vote=Vote.from_proto(v.diagnosis) if v.HasField("diagnosis") else None,
             prognosis=prognosis,
             similar=[SimilarCase.from_proto(c) for c in v.similar_cases],

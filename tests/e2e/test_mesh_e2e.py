@@ -462,7 +462,7 @@ def test_every_port_refuses_plaintext_anonymous_and_foreign_clients(mesh: Runnin
 # --- the query CLI (cxrmesh study/watch/similar/diagnose/report) against the running mesh ---------------
 
 STUDY_KEYS = {"study_key", "complete", "failed", "stages", "metadata", "regions", "rale_total", "warnings"}
-STUDY_KEYS |= {"vote", "prognosis", "similar"}
+STUDY_KEYS |= {"vote", "prognosis", "similar", "quality", "landmarks_estimated"}
 CASE_KEYS = {"study_key", "similarity", "diagnosis", "outcome", "site", "age_band", "sex", "study_date"}
 CASE_KEYS |= {"clinical"}
 VOTE_KEYS = {"diagnosis", "scores", "neighbours_used", "neighbours"}
@@ -497,6 +497,7 @@ def test_cli_watch_then_study(mesh: Running) -> None:
     assert {s["name"] for s in study["stages"]} >= {"ingested", "embedded", "segmented", "quantified"}
     assert {s["state"] for s in study["stages"]} == {"done"}
     assert len(study["regions"]) == 4 and 0 <= study["rale_total"] <= 48
+    assert study["quality"] == "pass" and isinstance(study["landmarks_estimated"], bool)
     assert set(study["vote"]) == VOTE_KEYS and set(study["prognosis"]) >= {"status", "missing_clinical"}
     assert study["similar"] and all(set(c) == CASE_KEYS for c in study["similar"])
     text = _cli(mesh, "study", key)
