@@ -24,7 +24,6 @@ from cxrmesh.contracts.corpus import read_manifest, read_training_copy
 from cxrmesh.contracts.tensors import MODEL_INPUT
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
-BENCH_CORPUS = Path(__file__).resolve().parents[2] / "data" / "bench-500"
 
 # ----------------------------------------------------------------------------- hand-made frames
 
@@ -228,15 +227,16 @@ def test_real_radiograph_is_not_refused(models, rg1: np.ndarray) -> None:
 
 @pytest.fixture(scope="module")
 def synthetic_chests(request: pytest.FixtureRequest) -> list[np.ndarray]:
-    """Four synthetic chests spread over site, diagnosis and view; data/bench-500 or the test corpus."""
+    """Four synthetic chests spread over site, diagnosis and view, from the session's test corpus.
+
+    Its own seed: none of its studies was trained on, so every split may be drawn from (a fresh
+    clone has no data/ folder; the same films on every machine).
+    """
     from cxrmesh.synth.contact import pick_samples
 
-    corpus = (
-        BENCH_CORPUS if (BENCH_CORPUS / "manifest.jsonl").is_file() else request.getfixturevalue("corpus")
-    )
+    corpus = request.getfixturevalue("corpus")
     rows = read_manifest(corpus)
-    test_rows = [r for r in rows if r["split"] == "test"]
-    return [read_training_copy(corpus / r["paths"]["image"]) for r in pick_samples(test_rows or rows, 4)]
+    return [read_training_copy(corpus / r["paths"]["image"]) for r in pick_samples(rows, 4)]
 
 
 def test_synthetic_chests_pass(models, synthetic_chests: list[np.ndarray]) -> None:
