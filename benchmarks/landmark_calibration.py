@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from scipy.optimize import minimize
 
-from cxrmesh.analysis.landmarks import estimate_landmarks
+from cxrmesh.analysis.landmarks import estimate_landmarks, lung_frame
 from cxrmesh.contracts.tensors import LANDMARKER
 from cxrmesh.ml.artefacts import real_world
 from cxrmesh.ml.data import load_data, mm_per_input_pixel
@@ -33,19 +33,17 @@ WITHIN_MM = 10.0
 
 
 def fractions(lungs: np.ndarray, lm: np.ndarray) -> list[float] | None:
-    rr, rc = np.nonzero(lungs == 1)
-    lr, lc = np.nonzero(lungs == 2)
-    top, bottom = min(rr.min(), lr.min()), max(rr.max(), lr.max())
-    middle = top + 0.5 * (bottom - top)
-    xr, xl = rc[rr <= middle].max(), lc[lr <= middle].min()
-    if xl <= xr or bottom <= top:
+    """Where the true landmarks sit in the lung map's spans (``landmarks.lung_frame``)."""
+    f = lung_frame(lungs)
+    if f is None or f.left_border <= f.right_border or f.bottom <= f.top:
         return None
     (cx, cy), (hx, hy) = lm
+    (l_top, l_base), (l_medial, l_lateral) = f.left_rows, f.left_columns
     return [
-        (cx - xr) / (xl - xr),
-        (cy - top) / (bottom - top),
-        (hx - lc.min()) / (lc.max() - lc.min()),
-        (hy - lr.min()) / (lr.max() - lr.min()),
+        (cx - f.right_border) / (f.left_border - f.right_border),
+        (cy - f.top) / (f.bottom - f.top),
+        (hx - l_medial) / (l_lateral - l_medial),
+        (hy - l_top) / (l_base - l_top),
     ]
 
 

@@ -64,24 +64,47 @@ def calibrated_confidence(score: float) -> float:
     return 1.0 / (1.0 + math.exp(-z))
 
 
-def estimate_landmarks(lungs: np.ndarray) -> tuple[Point, Point] | None:
-    """Carina and left hilum estimated from the lung map alone; None without both lungs."""
+@dataclass(frozen=True)
+class LungFrame:
+    """The lung map's landmarks-to-be: the spans the estimate's fractions are fractions of."""
+
+    top: float  # the higher apex (row)
+    bottom: float  # the lower base (row)
+    right_border: float  # medial (image-right) border of the right lung's upper half (column)
+    left_border: float  # medial (image-left) border of the left lung's upper half (column)
+    left_rows: tuple[float, float]  # the left lung's apex and base
+    left_columns: tuple[float, float]  # the left lung's medial and lateral extent
+
+
+def lung_frame(lungs: np.ndarray) -> LungFrame | None:
+    """The spans of ``lungs`` the estimate uses (and ``benchmarks/landmark_calibration.py`` fits on)."""
     rr, rc = np.nonzero(lungs == Lung.RIGHT)
     lr, lc = np.nonzero(lungs == Lung.LEFT)
     if rr.size == 0 or lr.size == 0:
         return None
     top, bottom = min(rr.min(), lr.min()), max(rr.max(), lr.max())
     middle = top + 0.5 * (bottom - top)
-    right_border = float(rc[rr <= middle].max()) if (rr <= middle).any() else float(rc.max())
-    left_border = float(lc[lr <= middle].min()) if (lr <= middle).any() else float(lc.min())
+    return LungFrame(
+        float(top),
+        float(bottom),
+        float(rc[rr <= middle].max()) if (rr <= middle).any() else float(rc.max()),
+        float(lc[lr <= middle].min()) if (lr <= middle).any() else float(lc.min()),
+        (float(lr.min()), float(lr.max())),
+        (float(lc.min()), float(lc.max())),
+    )
+
+
+def estimate_landmarks(lungs: np.ndarray) -> tuple[Point, Point] | None:
+    """Carina and left hilum estimated from the lung map alone; None without both lungs."""
+    f = lung_frame(lungs)
+    if f is None:
+        return None
     carina = (
-        right_border + CARINA_X * (left_border - right_border),
-        float(top) + CARINA_Y * float(bottom - top),
+        f.right_border + CARINA_X * (f.left_border - f.right_border),
+        f.top + CARINA_Y * (f.bottom - f.top),
     )
-    hilum = (
-        float(lc.min()) + HILUM_X * float(lc.max() - lc.min()),
-        float(lr.min()) + HILUM_Y * float(lr.max() - lr.min()),
-    )
+    (l_top, l_base), (l_medial, l_lateral) = f.left_rows, f.left_columns
+    hilum = (l_medial + HILUM_X * (l_lateral - l_medial), l_top + HILUM_Y * (l_base - l_top))
     return carina, hilum
 
 
