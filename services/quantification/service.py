@@ -21,6 +21,7 @@ from prometheus_client import Counter
 from cxrmesh.analysis.landmarks import ChosenLandmarks, choose_landmarks
 from cxrmesh.analysis.pixels import Letterbox, model_input
 from cxrmesh.analysis.quality import assess_quality
+from cxrmesh.contracts import convert
 from cxrmesh.contracts.preprocessing import MODEL_SIZE
 from cxrmesh.contracts.tensors import LANDMARKS, MODEL_INPUT
 from cxrmesh.runtime.blobs import NPY, array_bytes, bytes_array
@@ -42,11 +43,6 @@ class Inputs:
     lungs: np.ndarray  # (MODEL_INPUT, MODEL_INPUT) uint8
 
 
-VERDICTS = {
-    "pass": events_pb2.QualityGate.VERDICT_PASS,
-    "flagged": events_pb2.QualityGate.VERDICT_FLAGGED,
-    "refused": events_pb2.QualityGate.VERDICT_REFUSED,
-}
 LANDMARK_FALLBACKS = metric(
     Counter,
     "cxrmesh_landmark_fallbacks_total",
@@ -118,7 +114,9 @@ class QuantificationWorker(ModelStage[Inputs]):
             model=version,
             ingested_at=src.ingested_at,
             quality=events_pb2.QualityGate(
-                verdict=VERDICTS[gate.verdict], reasons=gate.reasons, chest_score=gate.chest_score
+                verdict=convert.VERDICT_ENUMS[gate.verdict],
+                reasons=gate.reasons,
+                chest_score=gate.chest_score,
             ),
         )
         if gate.verdict == "refused":

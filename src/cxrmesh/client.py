@@ -339,9 +339,7 @@ class StudySummary:
             regions=regions,
             rale_total=q.rale_total if state.get("quantified") == "done" and q.regions else None,
             warnings=list(q.warnings),
-            quality=_enum_name(events_pb2.QualityGate.Verdict.Name(q.quality.verdict), "VERDICT_")
-            if q.quality.verdict
-            else None,
+            quality=convert.VERDICT_NAMES.get(q.quality.verdict),
             landmarks_estimated=q.landmarks_estimated,
             vote=Vote.from_proto(v.diagnosis) if v.HasField("diagnosis") else None,
             prognosis=prognosis,

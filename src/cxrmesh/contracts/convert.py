@@ -13,7 +13,7 @@ import numpy as np
 
 from cxrmesh.contracts.errors import InvalidArgument
 from cxrmesh.contracts.tensors import CLINICAL_FEATURES
-from cxrmesh.v1 import common_pb2
+from cxrmesh.v1 import common_pb2, events_pb2
 
 DIAGNOSIS_NAMES = {
     common_pb2.DIAGNOSIS_NORMAL: "normal",
@@ -23,6 +23,14 @@ DIAGNOSIS_NAMES = {
 DIAGNOSIS_ENUMS = {name: value for value, name in DIAGNOSIS_NAMES.items()}
 OUTCOME_VALUES = {common_pb2.OUTCOME_NOT_INTUBATED: 0, common_pb2.OUTCOME_INTUBATED_72H: 1}
 OUTCOME_ENUMS = {value: enum for enum, value in OUTCOME_VALUES.items()}
+# the quality gate's verdicts (cxrmesh.analysis.quality) as the events carry them; UNSPECIFIED
+# (events from before the gate) has no name
+VERDICT_NAMES = {
+    events_pb2.QualityGate.VERDICT_PASS: "pass",
+    events_pb2.QualityGate.VERDICT_FLAGGED: "flagged",
+    events_pb2.QualityGate.VERDICT_REFUSED: "refused",
+}
+VERDICT_ENUMS = {name: value for value, name in VERDICT_NAMES.items()}
 
 # plausible physiological ranges: values outside are typos or unit mix-ups, refused with a reason
 CLINICAL_RANGES: Mapping[str, tuple[float, float]] = {

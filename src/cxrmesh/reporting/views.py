@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cxrmesh.analysis.regions import REGION_KEYS
+from cxrmesh.contracts import convert
 from cxrmesh.v1 import common_pb2, events_pb2, search_pb2, studyview_pb2
 
 KEY_CHARS = 8  # only this much of a study key is ever shown
@@ -140,12 +141,6 @@ LANDMARKS_ESTIMATED_NOTE = (
     "the upper/lower split uses landmarks estimated from the lung outline"
 )
 CONFIDENCE_MEANING = "chance within 10 mm"
-# the verdicts a report names; VERDICT_UNSPECIFIED (events from before the gate) says nothing
-VERDICT_LABELS = {
-    events_pb2.QualityGate.VERDICT_PASS: "pass",
-    events_pb2.QualityGate.VERDICT_FLAGGED: "flagged",
-    events_pb2.QualityGate.VERDICT_REFUSED: "refused",
-}
 PAGE_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -162,7 +157,7 @@ def quality_verdict(view: studyview_pb2.StudyView) -> str:
     """``pass``, ``flagged`` or ``refused``; empty when the gate said nothing (older events)."""
     if not view.HasField("quantification"):
         return ""
-    return VERDICT_LABELS.get(view.quantification.quality.verdict, "")
+    return convert.VERDICT_NAMES.get(view.quantification.quality.verdict, "")
 
 
 def quality_reasons(view: studyview_pb2.StudyView) -> list[str]:
