@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from cxrmesh.analysis.landmarks import ChosenLandmarks, choose_landmarks
 from cxrmesh.analysis.overlay import draw_overlay, font
 from cxrmesh.analysis.pixels import model_input
-from cxrmesh.analysis.regions import Lung, landmark_problems, split_regions
+from cxrmesh.analysis.regions import Lung, split_regions
 from cxrmesh.ml.onnx_models import Findings, OnnxModels
 
 FIGURE_SIZE = 512  # pixels per side of each of the two pictures
@@ -21,10 +22,17 @@ def _model_view(display_512: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(base.resize((size, size), Image.Resampling.LANCZOS))
 
 
+def used_landmarks(f: Findings) -> ChosenLandmarks:
+    """The landmarks the services would split at: the detector's, or the estimate when implausible."""
+    (carina, hilum), scores = f.landmarks, f.landmark_confidence
+    return choose_landmarks(f.lungs, tuple(map(float, carina)), tuple(map(float, hilum)), tuple(scores))
+
+
 def overlay(display_512: np.ndarray, f: Findings, size: int = FIGURE_SIZE) -> Image.Image:
     """Lung outlines, the upper/lower split and the two landmarks on the models' view of the image."""
-    (cx, cy), (hx, hy) = f.landmarks
-    marks = [("carina", float(cx), float(cy)), ("left_hilum", float(hx), float(hy))]
+    used = used_landmarks(f)
+    suffix = " (estimated)" if used.estimated else ""
+    marks = [("carina" + suffix, *used.carina), ("left_hilum" + suffix, *used.left_hilum)]
     return draw_overlay(_model_view(display_512, size), lungs=f.lungs, landmarks=marks)
 
 
@@ -54,13 +62,17 @@ def real_radiograph_report(repository: Path, out: Path) -> dict:
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out)
-    regions = split_regions(f.lungs, tuple(f.landmarks[1]))
+    used = used_landmarks(f)
+    regions = split_regions(f.lungs, used.left_hilum)
     return {
         "image": str(out),
         "lung_fraction": {k.name.lower(): float((f.lungs == k).mean()) for k in (Lung.RIGHT, Lung.LEFT)},
-        "landmarks": f.landmarks.round(2).tolist(),
-        "landmark_confidence": f.landmark_confidence.round(3).tolist(),
-        "landmark_problems": landmark_problems(f.lungs, tuple(f.landmarks[0]), tuple(f.landmarks[1])),
+        "landmarks": np.round([used.carina, used.left_hilum], 2).tolist(),
+        "landmarks_estimated": used.estimated,
+        "landmark_confidence": np.round(used.confidence, 3).tolist(),
+        "detector_landmarks": f.landmarks.round(2).tolist(),
+        "detector_score": f.landmark_confidence.round(3).tolist(),
+        "landmark_problems": list(used.problems),
         "region_pixels": {int(r): int((regions == r).sum()) for r in range(1, 5)},
         "member_agreement": float((f.member_probs.argmax(axis=1) == f.lungs[None]).mean()),
         "source": info,
