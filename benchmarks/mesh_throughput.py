@@ -11,6 +11,13 @@ studies per minute end to end. Example (500 studies, corpus generated first if m
 (the default) and with ``--insecure`` plaintext, and prints the throughput ratio (TLS / plaintext).
 An insecure mesh runs without authorization; ``--auth-off`` turns it off in the TLS run too, so the
 ratio is the cost of TLS alone.
+
+``--scale`` runs the same studies through three fresh meshes with every service started: one
+replica on SQLite (the baseline), two replicas on SQLite, one replica on PostgreSQL, each until
+every study's view is complete, and prints two ratios against the baseline: what a second replica
+of every service buys on this machine, and what PostgreSQL costs against SQLite:
+
+    python benchmarks/mesh_throughput.py --scale --n 200 --corpus data/bench-500
 """
 
 from __future__ import annotations
@@ -20,22 +27,44 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import numpy as np
 
 from cxrmesh.client import ingest_bytes, manifest_headers
-from cxrmesh.local.mesh import Mesh
+from cxrmesh.local.mesh import SERVICES, Mesh
 from cxrmesh.synth.corpus import generate
-from cxrmesh.v1 import ingestion_pb2_grpc, search_pb2, search_pb2_grpc
+from cxrmesh.v1 import ingestion_pb2_grpc, search_pb2, search_pb2_grpc, studyview_pb2, studyview_pb2_grpc
 
 
-def run_mesh(headers: list, args: argparse.Namespace, insecure: bool) -> float:
-    """One mesh, all ``headers`` ingested and polled until searchable; returns studies per minute."""
+@dataclass(frozen=True)
+class Setup:
+    """One mesh configuration of a run."""
+
+    label: str
+    insecure: bool = False
+    replicas: int = 1
+    database: str = "sqlite"
+    services: tuple[str, ...] = ()  # empty: --services
+    until: str = "searchable"  # or "complete" (every stage of the study view done)
+
+
+def run_mesh(headers: list, args: argparse.Namespace, setup: Setup) -> float:
+    """One mesh, all ``headers`` ingested and polled until searchable (or complete); studies per minute."""
     home = Path(tempfile.mkdtemp(prefix="cxrmesh-bench-"))
     env = {"CXRMESH_AUTH_MODE": "off"} if args.auth_off else {}
-    mesh = Mesh(home, ports="auto", services=args.services.split(","), insecure=insecure, env=env)
+    services = setup.services or tuple(args.services.split(","))
+    mesh = Mesh(
+        home,
+        ports="auto",
+        services=services,
+        insecure=setup.insecure,
+        env=env,
+        replicas=setup.replicas,
+        database=setup.database,
+    )
     state = mesh.up(timeout_s=300)
     acked: dict[str, float] = {}
     ack_latency: list[float] = []
@@ -43,16 +72,25 @@ def run_mesh(headers: list, args: argparse.Namespace, insecure: bool) -> float:
     lock = threading.Lock()
     done_sending = threading.Event()
     try:
-        ing = state.channel("ingestion")
-        sea = state.channel("search")
-        ingest = ingestion_pb2_grpc.IngestionServiceStub(ing)
+        # clients spread over the ingestion replicas, as a load balancer would
+        ings = [state.channel("ingestion", r) for r in range(setup.replicas)]
+        sea = state.channel("studyview" if setup.until == "complete" else "search")
+        ingest = [ingestion_pb2_grpc.IngestionServiceStub(ch) for ch in ings]
         search = search_pb2_grpc.SearchServiceStub(sea)
+        view = studyview_pb2_grpc.StudyViewServiceStub(sea)
 
-        def send(item: tuple[Path, object]) -> None:
-            path, header = item
+        def reached(key: str) -> bool:
+            if setup.until == "complete":
+                got = view.GetStudy(studyview_pb2.GetStudyRequest(study_key=key, similar_k=1), timeout=10)
+                return got.complete
+            search.FindSimilar(search_pb2.FindSimilarRequest(study_key=key, k=1), timeout=10)
+            return True
+
+        def send(item: tuple[int, tuple[Path, object]]) -> None:
+            i, (path, header) = item
             data = path.read_bytes()
             t0 = time.monotonic()
-            reply = ingest_bytes(ingest, data, header)
+            reply = ingest_bytes(ingest[i % len(ingest)], data, header)
             t1 = time.monotonic()
             with lock:
                 acked[reply.study_key] = t0
@@ -64,8 +102,8 @@ def run_mesh(headers: list, args: argparse.Namespace, insecure: bool) -> float:
                     pending = [k for k in acked if k not in searchable]
                 for key in pending:
                     try:
-                        search.FindSimilar(search_pb2.FindSimilarRequest(study_key=key, k=1), timeout=10)
-                        searchable[key] = time.monotonic()
+                        if reached(key):
+                            searchable[key] = time.monotonic()
                     except grpc.RpcError as exc:
                         if exc.code() != grpc.StatusCode.NOT_FOUND:
                             raise
@@ -75,21 +113,22 @@ def run_mesh(headers: list, args: argparse.Namespace, insecure: bool) -> float:
         poller.start()
         start = time.monotonic()
         with ThreadPoolExecutor(args.clients) as pool:
-            list(pool.map(send, headers))
+            list(pool.map(send, enumerate(headers)))
         done_sending.set()
         poller.join(timeout=args.timeout)
         end = max(searchable.values())
         lat = np.array([searchable[k] - acked[k] for k in acked if k in searchable])
         ack = np.array(ack_latency)
         rate = len(searchable) / (end - start) * 60
-        print(f"[{'plaintext' if insecure else 'mutual TLS'}]")
-        print(f"studies: {len(acked)} acknowledged, {len(searchable)} searchable")
+        print(f"[{setup.label}]")
+        print(f"studies: {len(acked)} acknowledged, {len(searchable)} {setup.until}")
         p50, p95 = np.percentile(ack, [50, 95]) * 1000
         print(f"ingest ack latency: p50 {p50:.0f} ms, p95 {p95:.0f} ms")
-        print(f"ingest-to-searchable: p50 {np.percentile(lat, 50):.2f} s, p95 {np.percentile(lat, 95):.2f} s")
+        p50, p95 = np.percentile(lat, [50, 95])
+        print(f"ingest-to-{setup.until}: p50 {p50:.2f} s, p95 {p95:.2f} s")
         print(f"throughput: {rate:.1f} studies/min end to end", flush=True)
-        ing.close()
-        sea.close()
+        for ch in (*ings, sea):
+            ch.close()
         return rate
     finally:
         mesh.down()
@@ -117,19 +156,38 @@ def main() -> None:
         action="store_true",
         help="authorization off in every run too, so that --tls both measures TLS alone",
     )
+    ap.add_argument(
+        "--scale",
+        action="store_true",
+        help="every service, until complete: 1 vs 2 replicas and SQLite vs PostgreSQL, as ratios",
+    )
     args = ap.parse_args()
     if not (args.corpus / "manifest.jsonl").is_file():
         print(f"generating {args.n} studies with DICOM into {args.corpus} ...", flush=True)
         generate(args.corpus, n=args.n, seed=23, write_dicom=True)
     headers = sorted(manifest_headers(args.corpus / "manifest.jsonl").items())[: args.n]
+    if args.scale:
+        scale(headers, args)
+        return
     modes = {"on": (False,), "off": (True,), "both": (True, False)}[args.tls]
-    rates = {insecure: run_mesh(headers, args, insecure) for insecure in modes}
+    setups = {insecure: Setup("plaintext" if insecure else "mutual TLS", insecure) for insecure in modes}
+    rates = {insecure: run_mesh(headers, args, setup) for insecure, setup in setups.items()}
     if len(rates) == 2:
         ratio = rates[False] / rates[True]
         print(
             f"mutual TLS / plaintext throughput: {ratio:.3f} "
             f"({rates[False]:.1f} vs {rates[True]:.1f} studies/min; TLS costs {(1 - ratio) * 100:.1f}%)"
         )
+
+
+def scale(headers: list, args: argparse.Namespace) -> None:
+    """The three meshes of ``--scale`` and their ratios against the one-replica SQLite baseline."""
+    common = {"services": SERVICES, "until": "complete"}
+    base = run_mesh(headers, args, Setup("1 replica, SQLite (baseline)", **common))
+    two = run_mesh(headers, args, Setup("2 replicas, SQLite", replicas=2, **common))
+    pg = run_mesh(headers, args, Setup("1 replica, PostgreSQL", database="postgres", **common))
+    print(f"2 replicas / 1 replica: {two / base:.3f} ({two:.1f} vs {base:.1f} studies/min)")
+    print(f"PostgreSQL / SQLite: {pg / base:.3f} ({pg:.1f} vs {base:.1f} studies/min)")
 
 
 if __name__ == "__main__":

@@ -106,16 +106,15 @@ def model_stage_service(
 ) -> ServiceRuntime:
     """A model stage on the shared base: its results table, Triton, blob store, gRPC API and worker."""
     service = StageService(settings, stage)
-    data = settings.data_dir / settings.service
     parts = StageParts(
         settings,
         service.stage,
         model,
-        service.closing(ResultTable(data / "results.sqlite", result_type)),
+        ResultTable(service.database(), settings.service, result_type),
         service.triton(model),
         service.producer,
         open_blob_store(settings.blob_location),
     )
-    service.depends_on("storage", lambda: parts.blobs.ping() and parts.table.ping())
+    service.depends_on("storage", parts.blobs.ping)
     service.api(api, servicer(parts))
     return service.consume(worker(parts))

@@ -18,6 +18,7 @@ from typing import Any, Protocol, TypeVar
 
 from google.protobuf.descriptor import ServiceDescriptor
 
+from cxrmesh.runtime.db import Database, open_database
 from cxrmesh.runtime.grpc_server import ServiceRuntime
 from cxrmesh.runtime.kafka import Consumer, EventProducer, Handler
 from cxrmesh.runtime.settings import ServiceSettings
@@ -57,6 +58,7 @@ class StageService:
             dead_letter_topic=self.stage.dead_letter_topic,
         )
         self.producer = self.closing(EventProducer(self.kafka))  # results and dead letters
+        self._db: Database | None = None
 
     def closing(self, resource: C) -> C:
         """Close ``resource`` when the service stops (last opened, first closed)."""
@@ -66,6 +68,13 @@ class StageService:
     def depends_on(self, name: str, check: Callable[[], bool]) -> None:
         """Health is SERVING only while ``check()`` is true."""
         self.runtime.add_dependency(name, check)
+
+    def database(self) -> Database:
+        """The mesh database (migrated, closed at shutdown); the service is healthy only while it answers."""
+        if self._db is None:
+            self._db = self.closing(open_database(self.settings))
+            self.depends_on("database", self._db.ping)
+        return self._db
 
     def triton(self, model: str) -> TritonClient:
         """A Triton client; the service is healthy only while Triton serves ``model``."""

@@ -1,18 +1,29 @@
-"""The ingestion service's durable store and transactional outbox (SQLite, WAL, synchronous=FULL).
+"""The ingestion service's durable store and transactional outbox (the mesh database).
 
 A study is acknowledged to the caller only after its row and its event row are committed here
-(and its blobs fsynced); a relay then publishes pending events until Kafka confirms each one and
-marks it sent. A crash between commit and publish only delays the event: nothing acknowledged is
-lost, and consumers are idempotent for the rare duplicate.
+(and its blobs fsynced); relays then publish pending events until Kafka confirms each one and mark
+them sent. A crash between commit and publish only delays the event: nothing acknowledged is lost,
+and consumers are idempotent for the rare duplicate.
+
+Several ingestion replicas share the one outbox. A relay publishes only rows it has claimed under a
+lease (``claim``): claims are serialised (an advisory lock on PostgreSQL, ``BEGIN IMMEDIATE`` on
+SQLite), a claimed row is skipped by the others until its lease expires, and a key with rows
+claimed elsewhere waits, so one study's events still leave in order. A relay that dies holding a
+lease delays its rows by one lease; only a relay that stalls past its lease and then publishes
+anyway can duplicate a row (at-least-once, never on purpose).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-from cxrmesh.runtime.tables import SqliteStore
+from sqlalchemy import Connection, func, insert, or_, select, text, update
+
+from cxrmesh.runtime.db import Database, upsert
+from cxrmesh.runtime.db.schema import outbox, studies
+
+_CLAIM_LOCK = 0x6378726D65736802  # pg_advisory_xact_lock key of the outbox claims
 
 
 @dataclass(frozen=True)
@@ -24,86 +35,99 @@ class PendingEvent:
     type_name: str
 
 
-class Outbox(SqliteStore):
-    def __init__(self, path: Path):
-        # synchronous=FULL: a committed study survives a power cut, which is what the ack promises
-        super().__init__(
-            path,
-            """
-            CREATE TABLE IF NOT EXISTS studies (
-                study_key TEXT PRIMARY KEY, patient_key TEXT NOT NULL, ingested_at REAL NOT NULL,
-                event BLOB NOT NULL);
-            CREATE TABLE IF NOT EXISTS outbox (
-                id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, key TEXT NOT NULL,
-                type_name TEXT NOT NULL, payload BLOB NOT NULL, created_at REAL NOT NULL,
-                sent_at REAL, attempts INTEGER NOT NULL DEFAULT 0);
-            CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(sent_at) WHERE sent_at IS NULL;
-            """,
-            synchronous="FULL",
-        )
+class Outbox:
+    def __init__(self, db: Database):
+        self.db = db
 
     def add_study(self, study_key: str, patient_key: str, topic: str, type_name: str, event: bytes) -> bool:
         """Store a study and its event atomically; False if the study was already there."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                cur = self._db.execute(
-                    "INSERT OR IGNORE INTO studies VALUES (?, ?, ?, ?)",
-                    (study_key, patient_key, time.time(), event),
-                )
-                new = cur.rowcount == 1
-                if new:
-                    self._enqueue(topic, study_key, type_name, event)
-                self._db.execute("COMMIT")
-                return new
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self.db.transaction() as conn:
+            row = {
+                "study_key": study_key,
+                "patient_key": patient_key,
+                "ingested_at": time.time(),
+                "event": event,
+            }
+            inserted = upsert(
+                conn, studies, row, key=("study_key",), update=[], returning=[studies.c.study_key]
+            )
+            new = inserted.first() is not None  # nothing returned: the study was already there
+            if new:
+                self._enqueue(conn, topic, study_key, type_name, event)
+            return new
 
     def has_study(self, study_key: str) -> bool:
-        with self._lock:
-            row = self._db.execute("SELECT 1 FROM studies WHERE study_key = ?", (study_key,)).fetchone()
-        return row is not None
+        with self.db.read() as conn:
+            found = conn.execute(select(studies.c.study_key).where(studies.c.study_key == study_key))
+            return found.first() is not None
 
     def add_event(self, topic: str, key: str, type_name: str, payload: bytes) -> None:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._enqueue(topic, key, type_name, payload)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self.db.transaction() as conn:
+            self._enqueue(conn, topic, key, type_name, payload)
 
-    def _enqueue(self, topic: str, key: str, type_name: str, payload: bytes) -> None:
-        self._db.execute(
-            "INSERT INTO outbox (topic, key, type_name, payload, created_at) VALUES (?, ?, ?, ?, ?)",
-            (topic, key, type_name, payload, time.time()),
+    @staticmethod
+    def _enqueue(conn: Connection, topic: str, key: str, type_name: str, payload: bytes) -> None:
+        conn.execute(
+            insert(outbox).values(
+                topic=topic, key=key, type_name=type_name, payload=payload, created_at=time.time()
+            )
         )
 
-    def pending(self, limit: int = 64) -> list[PendingEvent]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT id, topic, key, payload, type_name FROM outbox"
-                " WHERE sent_at IS NULL ORDER BY id LIMIT ?",
-                (limit,),
-            ).fetchall()
+    def claim(self, owner: str, limit: int = 64, lease_s: float = 60.0) -> list[PendingEvent]:
+        """Pending events for relay ``owner`` to publish, oldest first, leased to it for ``lease_s``."""
+        t = outbox.c
+        now = time.time()
+        with self.db.transaction() as conn:
+            if self.db.is_postgres:
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _CLAIM_LOCK})
+            held_elsewhere = select(t.key).where(
+                t.sent_at.is_(None), t.lease_until >= now, t.claimed_by != owner
+            )
+            rows = conn.execute(
+                select(t.id, t.topic, t.key, t.payload, t.type_name)
+                .where(
+                    t.sent_at.is_(None),
+                    or_(t.lease_until.is_(None), t.lease_until < now, t.claimed_by == owner),
+                    t.key.not_in(held_elsewhere),
+                )
+                .order_by(t.id)
+                .limit(limit)
+            ).all()
+            if rows:
+                conn.execute(
+                    update(outbox)
+                    .where(t.id.in_([r.id for r in rows]))
+                    .values(claimed_by=owner, lease_until=now + lease_s)
+                )
         return [PendingEvent(*row) for row in rows]
 
-    def mark_sent(self, ids: list[int]) -> None:
+    def mark_sent(self, ids: list[int], owner: str) -> None:
         if not ids:
             return
-        with self._lock:
-            self._db.executemany(
-                "UPDATE outbox SET sent_at = ? WHERE id = ?", [(time.time(), i) for i in ids]
+        t = outbox.c
+        with self.db.transaction() as conn:
+            conn.execute(
+                update(outbox)
+                .where(t.id.in_(ids), t.sent_at.is_(None), t.claimed_by == owner)
+                .values(sent_at=time.time(), lease_until=None)
             )
 
-    def mark_failed(self, ids: list[int]) -> None:
-        with self._lock:
-            self._db.executemany(
-                "UPDATE outbox SET attempts = attempts + 1 WHERE id = ?", [(i,) for i in ids]
+    def mark_failed(self, ids: list[int], owner: str) -> None:
+        """Count the attempt and release the lease (this relay or another retries the rows)."""
+        if not ids:
+            return
+        t = outbox.c
+        with self.db.transaction() as conn:
+            conn.execute(
+                update(outbox)
+                .where(t.id.in_(ids), t.claimed_by == owner)
+                .values(attempts=t.attempts + 1, lease_until=None)
             )
 
     def backlog(self) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL").fetchone()[0])
+        with self.db.read() as conn:
+            pending = select(func.count()).select_from(outbox).where(outbox.c.sent_at.is_(None))
+            return int(conn.execute(pending).scalar_one())
+
+    def ping(self) -> bool:
+        return self.db.ping()

@@ -1,13 +1,18 @@
 """The outbox relay: publish the ingestion outbox's pending events until Kafka confirms each one.
 
-An event is marked sent only after the broker confirms it; failed sends stay pending and are retried
-(consumers are idempotent for the rare duplicate). The backlog is exported as a gauge.
+Every ingestion replica runs one; each publishes only the rows it claimed under a lease (``Outbox.claim``),
+so replicas share the outbox without publishing a row twice on purpose. An event is marked sent only
+after the broker confirms it; failed sends are released and retried (consumers are idempotent for the
+rare duplicate). The backlog is exported as a gauge.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
+import uuid
 
 from cxrmesh.runtime import metrics
 from cxrmesh.runtime.kafka import EventProducer
@@ -16,13 +21,29 @@ from cxrmesh.services.ingestion.outbox import Outbox
 log = logging.getLogger(__name__)
 
 
+def relay_owner() -> str:
+    """This relay's name in the outbox's claims: host, process and a random part (restarts differ)."""
+    return f"{socket.gethostname()[:64]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
 def relay(
-    outbox: Outbox, producer: EventProducer, stop: threading.Event, interval_s: float, timeout_s: float = 30
+    outbox: Outbox,
+    producer: EventProducer,
+    stop: threading.Event,
+    interval_s: float,
+    timeout_s: float = 30,
+    owner: str | None = None,
 ) -> None:
-    """Publish pending outbox events until Kafka confirms each; mark them sent only then."""
+    """Publish the events this relay claims until Kafka confirms each; mark them sent only then.
+
+    The lease outlasts a whole batch's confirmation wait (``timeout_s``) twice over, so a live relay's
+    rows are never taken over by another replica while it still waits for the broker.
+    """
+    owner = owner or relay_owner()
+    lease_s = 2 * timeout_s + 10
     backlog = metrics.metric(metrics.Gauge, "cxrmesh_outbox_pending", "Events not yet confirmed by Kafka.")
     while not stop.is_set():
-        pending = outbox.pending()
+        pending = outbox.claim(owner, lease_s=lease_s)
         backlog.set(outbox.backlog())
         if not pending:
             stop.wait(interval_s)
@@ -44,8 +65,8 @@ def relay(
             except Exception as exc:  # kafka errors of any kind: keep the event, retry later
                 failed.append(event_id)
                 log.warning("outbox publish failed", extra={"error_type": type(exc).__name__})
-        outbox.mark_sent(sent)
-        outbox.mark_failed(failed)
+        outbox.mark_sent(sent, owner)
+        outbox.mark_failed(failed, owner)
         if failed:
             stop.wait(min(5.0, interval_s * 4))
 

@@ -23,6 +23,7 @@ from cxrmesh.dicom.read import MAX_DICOM_BYTES
 from cxrmesh.dicom.rejection import DicomRejected
 from cxrmesh.runtime import metrics
 from cxrmesh.runtime.blobs import NPY, array_bytes, open_blob_store
+from cxrmesh.runtime.db import open_database
 from cxrmesh.runtime.grpc_server import ServiceRuntime
 from cxrmesh.runtime.kafka import EventProducer
 from cxrmesh.services import batch
@@ -157,7 +158,8 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
 
 def build(settings: IngestionSettings) -> ServiceRuntime:
     runtime = ServiceRuntime(settings)
-    outbox = Outbox(settings.data_dir / "ingestion" / "outbox.sqlite")
+    db = open_database(settings)
+    outbox = Outbox(db)
     servicer = IngestionServicer(settings, outbox)
     producer = EventProducer(
         dataclasses.replace(settings.kafka_config(""), client_id=f"{settings.service}-outbox")
@@ -170,7 +172,7 @@ def build(settings: IngestionSettings) -> ServiceRuntime:
     runtime.add_worker(
         "outbox", lambda stop: relay(outbox, producer, stop, settings.outbox_interval_s, timeout_s)
     )
-    runtime.on_close(outbox.close)
+    runtime.on_close(db.close)
     runtime.on_close(producer.close)
     return runtime
 

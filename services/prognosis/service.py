@@ -38,9 +38,9 @@ class PrognosisServicer(prognosis_pb2_grpc.PrognosisServiceServicer):
 
 def build(settings: PrognosisSettings) -> ServiceRuntime:
     service = StageService(settings, FLOW["prognosis"])
-    data = settings.data_dir / "prognosis"
-    joins = service.closing(JoinTable(data / "joins.sqlite"))
-    results = service.closing(ResultTable(data / "results.sqlite", events_pb2.PrognosisResult))
+    db = service.database()
+    joins = JoinTable(db)
+    results = ResultTable(db, settings.service, events_pb2.PrognosisResult)
     triton = service.triton(settings.prognosis_model)
     channel = service.closing(open_channel(settings.search_url, settings.tls()))
     search = search_pb2_grpc.SearchServiceStub(channel)

@@ -22,7 +22,7 @@ from cxrmesh.runtime.kafka import Event, EventProducer
 from cxrmesh.runtime.tables import ResultTable
 from cxrmesh.runtime.triton import TritonClient
 from cxrmesh.services import batch
-from cxrmesh.services.prognosis.joins import JoinTable
+from cxrmesh.services.prognosis.joins import JoinTable, Row
 from cxrmesh.services.prognosis.settings import PrognosisSettings
 from cxrmesh.v1 import common_pb2, events_pb2, search_pb2, search_pb2_grpc
 
@@ -55,22 +55,16 @@ class PrognosisWorker:
         self.settings, self.triton, self.producer = settings, triton, producer
         self.joins, self.results, self.search = joins, results, search
 
-    def _record(self, event: Event) -> tuple[bytes | None, bytes | None, bytes | None]:
+    def _record(self, event: Event) -> Row:
         msg = event.message
         key = msg.study_key
         if event.topic == topics.STUDY_EMBEDDED:
             if msg.HasField("clinical"):
-                self._merge_clinical(key, msg.clinical)
+                self.joins.merge_clinical(key, msg.clinical, convert.merge_clinical)
             return self.joins.update(key, "embedded", msg.SerializeToString())
         if event.topic == topics.STUDY_QUANTIFIED:
             return self.joins.update(key, "quantified", msg.SerializeToString())
-        merged = self._merge_clinical(key, msg.clinical)
-        return self.joins.update(key, "clinical", merged.SerializeToString())
-
-    def _merge_clinical(self, key: str, new: common_pb2.ClinicalData) -> common_pb2.ClinicalData:
-        merged = convert.merge_clinical(self.joins.clinical(key), new)
-        self.joins.update(key, "clinical", merged.SerializeToString())
-        return merged
+        return self.joins.merge_clinical(key, msg.clinical, convert.merge_clinical)[1]
 
     def __call__(self, events: Sequence[Event]) -> list[BaseException | None]:
         results: list[BaseException | None] = [None] * len(events)

@@ -27,6 +27,8 @@ def open_store(settings: SearchSettings) -> CaseStore:
         collection=settings.milvus_collection,
         dim=EMBED_DIM,
         index=settings.milvus_index,
+        build_params=settings.milvus_index_params,
+        search_params=settings.milvus_search_params,
         consistency=settings.milvus_consistency,
         tls=settings.milvus_tls(),
     )

@@ -25,7 +25,16 @@ class SearchSettings(PseudonymKeySettings):
     milvus_tls_key_file: Path | None = Field(None, description="its private key")
     milvus_tls_server_name: str = Field("", description="name to check in Milvus' certificate, if not host")
     milvus_collection: str = "cxr_cases"
-    milvus_index: Literal["FLAT", "IVF_FLAT", "HNSW"] = "FLAT"
+    milvus_index: Literal["FLAT", "IVF_FLAT", "HNSW"] = Field(
+        "FLAT", description="FLAT on Milvus Lite; HNSW (or IVF_FLAT) on a Milvus server"
+    )
+    milvus_index_params: dict[str, int] | None = Field(
+        None,
+        description='index build parameters, JSON (HNSW {"M": 16, "efConstruction": 200}); none = defaults',
+    )
+    milvus_search_params: dict[str, int] | None = Field(
+        None, description='search parameters, JSON (HNSW {"ef": 128}, IVF {"nprobe": 16}); none = defaults'
+    )
     milvus_consistency: Literal["Strong", "Bounded", "Session", "Eventually"] = "Bounded"
     embed_model: str = "cxr_embedder"
     default_k: int = Field(10, ge=1, le=1024)

@@ -121,19 +121,17 @@ class StudyViewServicer(studyview_pb2_grpc.StudyViewServiceServicer):
                     yield view
                 if view.complete:
                     return
-            with self.store.changed:
-                self.store.changed.wait(timeout=1.0)
+            self.store.feed.wait(timeout_s=1.0)
 
 
 def build(settings: StudyViewSettings) -> ServiceRuntime:
     service = StageService(settings, FLOW["studyview"])
-    store = service.closing(ViewStore(settings.data_dir / "studyview" / "views.sqlite"))
+    store = service.closing(ViewStore(service.database()))
     channel = service.closing(open_channel(settings.search_url, settings.tls()))
     service.api(
         GrpcApi.of(studyview_pb2, studyview_pb2_grpc, "StudyViewService"),
         StudyViewServicer(settings, store, search_pb2_grpc.SearchServiceStub(channel)),
     )
-    service.depends_on("storage", store.ping)
     return service.consume(ViewWorker(store))
 
 

@@ -1,17 +1,20 @@
-"""The study view's record of each study: stage states and each stage's latest message (SQLite).
+"""The study view's record of each study: stage states and each stage's latest message (mesh database).
 
 A stage is pending until its event arrives, done when it does, failed when a dead letter names it;
-stages that depend on a failed one fail with "upstream" reasons. ``changed`` wakes WatchStudy streams.
+stages that depend on a failed one fail with "upstream" reasons. Its change feed wakes WatchStudy
+streams on every replica.
 """
 
 from __future__ import annotations
 
-import threading
 import time
-from pathlib import Path
+
+from sqlalchemy import Connection, select
 
 from cxrmesh.contracts import topics
-from cxrmesh.runtime.tables import SqliteStore
+from cxrmesh.runtime.db import Database, upsert
+from cxrmesh.runtime.db.changes import ChangeFeed
+from cxrmesh.runtime.db.schema import view_payloads, view_stages
 from cxrmesh.v1 import studyview_pb2
 
 # stage -> the topic whose event completes it
@@ -38,64 +41,76 @@ NEEDS = {
 TOPIC_STAGE = {topic: stage for stage, topic in STAGES.items()}
 
 
-class ViewStore(SqliteStore):
-    """Stage states and the latest message of each stage, per study."""
+class ViewStore:
+    """Stage states and the latest message of each stage, per study, shared by every replica.
 
-    def __init__(self, path: Path):
-        super().__init__(
-            path,
-            """
-            CREATE TABLE IF NOT EXISTS stages (study_key TEXT, stage TEXT, state INTEGER, reason TEXT,
-                updated_at REAL, PRIMARY KEY (study_key, stage));
-            CREATE TABLE IF NOT EXISTS payloads (study_key TEXT, stage TEXT, message BLOB,
-                PRIMARY KEY (study_key, stage));
-            """,
-        )
-        self.changed = threading.Condition()
+    ``feed.changed`` wakes WatchStudy streams on every replica when any replica records a change.
+    """
+
+    def __init__(self, db: Database):
+        self.db = db
+        self.feed = ChangeFeed(db, "cxrmesh_study_views")
 
     def done(self, key: str, stage: str, message: bytes) -> None:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute("INSERT OR REPLACE INTO payloads VALUES (?, ?, ?)", (key, stage, message))
-            self._set(key, stage, studyview_pb2.STAGE_DONE, "")
+        with self.db.transaction() as conn:
+            upsert(conn, view_payloads, {"study_key": key, "stage": stage, "message": message}, _KEY)
+            self._set(conn, key, stage, studyview_pb2.STAGE_DONE, "")
             if stage == "ingested":
                 for other in STAGES:
-                    self._db.execute(
-                        "INSERT OR IGNORE INTO stages VALUES (?, ?, ?, '', ?)",
-                        (key, other, studyview_pb2.STAGE_PENDING, time.time()),
-                    )
-            self._db.execute("COMMIT")
-        self._notify()
+                    row = _row(key, other, studyview_pb2.STAGE_PENDING, "")
+                    upsert(conn, view_stages, row, _KEY, update=[])
+            self.feed.announce(conn)
+        self.feed.wake()
 
     def failed(self, key: str, stage: str, reason: str) -> None:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            row = self._db.execute(
-                "SELECT state FROM stages WHERE study_key=? AND stage=?", (key, stage)
-            ).fetchone()
-            if not row or row[0] != studyview_pb2.STAGE_DONE:  # a later success wins over an old failure
-                self._set(key, stage, studyview_pb2.STAGE_FAILED, reason)
+        t = view_stages.c
+        with self.db.transaction() as conn:
+            state = conn.execute(
+                select(t.state).where(t.study_key == key, t.stage == stage).with_for_update()
+            ).scalar_one_or_none()
+            if state != studyview_pb2.STAGE_DONE:  # a later success wins over an old failure
+                self._set(conn, key, stage, studyview_pb2.STAGE_FAILED, reason)
                 for later, needs in NEEDS.items():
                     if stage in needs:
-                        self._set(key, later, studyview_pb2.STAGE_FAILED, f"upstream stage {stage} failed")
-            self._db.execute("COMMIT")
-        self._notify()
+                        self._set(
+                            conn, key, later, studyview_pb2.STAGE_FAILED, f"upstream stage {stage} failed"
+                        )
+                self.feed.announce(conn)
+        self.feed.wake()
 
-    def _set(self, key: str, stage: str, state: int, reason: str) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO stages VALUES (?, ?, ?, ?, ?)", (key, stage, state, reason, time.time())
-        )
-
-    def _notify(self) -> None:
-        with self.changed:
-            self.changed.notify_all()
+    @staticmethod
+    def _set(conn: Connection, key: str, stage: str, state: int, reason: str) -> None:
+        upsert(conn, view_stages, _row(key, stage, state, reason), _KEY)
 
     def load(self, key: str) -> tuple[list[tuple[str, int, str, float]], dict[str, bytes]]:
-        with self._lock:
-            stages = self._db.execute(
-                "SELECT stage, state, reason, updated_at FROM stages WHERE study_key = ?", (key,)
-            ).fetchall()
-            payloads = dict(
-                self._db.execute("SELECT stage, message FROM payloads WHERE study_key = ?", (key,)).fetchall()
-            )
-        return stages, payloads
+        s, p = view_stages.c, view_payloads.c
+        with self.db.read() as conn:
+            stages = conn.execute(
+                select(s.stage, s.state, s.reason, s.updated_at).where(s.study_key == key)
+            ).all()
+            payloads = conn.execute(select(p.stage, p.message).where(p.study_key == key)).all()
+        return [tuple(r) for r in stages], dict(payloads)  # type: ignore[misc]
+
+    def keys(self) -> list[str]:
+        return study_keys(self.db)
+
+    def ping(self) -> bool:
+        return self.db.ping()
+
+    def close(self) -> None:
+        self.feed.close()
+
+
+_KEY = ("study_key", "stage")
+
+
+def study_keys(db: Database) -> list[str]:
+    """Every study the view has seen (for local tools such as ``cxrmesh report --all``; the API has
+    no listing call)."""
+    s = view_stages.c
+    with db.read() as conn:
+        return list(conn.execute(select(s.study_key).distinct().order_by(s.study_key)).scalars())
+
+
+def _row(key: str, stage: str, state: int, reason: str) -> dict[str, object]:
+    return {"study_key": key, "stage": stage, "state": state, "reason": reason, "updated_at": time.time()}

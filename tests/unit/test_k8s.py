@@ -4,17 +4,22 @@ No cluster and no Docker here. Each service is a folder of k8s/base/services/ th
 is its own (name, ports, a patch) on a shared template (a kustomize Component), so the objects exist
 only once rendered: ``kustomize build`` (or ``kubectl kustomize``, which embeds it) renders the base
 and the overlays, and the tests compare the rendered objects with the code - the services that exist,
-their pydantic settings classes (``cxrmesh.services.settings``), their ports and the Kafka partition
-count - and check probes, secrets, security and network policy. The files themselves (YAML, the
-kustomizations' references, each service folder's name and ports) are checked without a renderer;
-the tests of rendered objects are skipped when neither kustomize nor kubectl is installed.
-``kubernetes-validate`` checks every object against the Kubernetes 1.27 schema when it is installed.
+their pydantic settings classes (``cxrmesh.services.settings``), their ports, the Kafka topics and
+partitions (``cxrmesh.contracts.topics``), what each service consumes (``cxrmesh.services.flow``) and
+the database connections each replica may open (``cxrmesh.runtime.db``) - and check probes, secrets,
+security and network policy. The files themselves (YAML, the kustomizations' references, each service
+folder's name and ports) are checked without a renderer; the tests of rendered objects are skipped when
+neither kustomize nor kubectl is installed. ``kubernetes-validate`` checks every object of a Kubernetes
+API group against the 1.27 schema when it is installed; custom resources (CloudNativePG, Strimzi,
+cert-manager, the Prometheus operator, KEDA) have no schema offline and are checked field by field here.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import functools
+import math
 import os
 import re
 import shutil
@@ -23,6 +28,7 @@ import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import yaml
@@ -31,8 +37,11 @@ from pydantic import SecretStr
 from cxrmesh.contracts import topics
 from cxrmesh.local import mesh
 from cxrmesh.runtime import health_probe
+from cxrmesh.runtime.db import Database
 from cxrmesh.runtime.settings import ServiceSettings
+from cxrmesh.search.schema import DEFAULT_BUILD_PARAMS, DEFAULT_SEARCH_PARAMS
 from cxrmesh.services import settings as settings_module
+from cxrmesh.services.flow import FLOW
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
@@ -47,8 +56,13 @@ WORKLOAD_KINDS = ("Deployment", "StatefulSet")
 SERVICE_COMMAND = re.compile(r"^cxrmesh\.services\.(\w+)$")
 MIN_K8S = "1.27.0"  # gRPC probes are GA from 1.27
 SERVICES_UID = 10001  # USER of docker/Dockerfile.services, runAsUser of the manifests
-# Stateful in a way a second replica would break (see the comments in their manifests): never autoscaled.
-NOT_AUTOSCALED = {"ingestion", "prognosis", "studyview"}
+KAFKA_CLUSTER_LABEL = "strimzi.io/cluster"
+KAFKA_CLUSTER_PLACEHOLDER = "set-by-overlay"  # base/kafka-topics.yaml; every overlay names its Kafka
+KEDA = K8S / "components" / "kafka-lag-autoscaling"
+# besides its pool, a replica holds a LISTEN connection per change feed (cxrmesh.runtime.db.changes)
+CHANGE_FEED = re.compile(r"\bChangeFeed\(")
+# connections max_connections keeps beyond the services: the operator, the metrics exporter, backups, psql
+DB_HEADROOM = 10
 PLACEHOLDER = re.compile(r"^<[^<>]+>$")
 SECRET_LIKE = re.compile(r"SECRET|TOKEN|PASSWORD|ACCESS_KEY|PRIVATE")
 # mutual TLS (docs/security.md): each service's certificate, mounted from the Secret cert-manager fills
@@ -256,16 +270,19 @@ def container_env(container: dict[str, Any]) -> tuple[dict[str, str], dict[str, 
 
 
 def effective_settings(service: str, container: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Any:
-    """The service's settings as the pod would build them (secrets as placeholders)."""
+    """The service's settings as the pod would build them, from its environment (JSON values parsed as
+    pydantic-settings parses them there; secrets as placeholders)."""
     for key in list(os.environ):
         if key.startswith("CXRMESH_"):
             monkeypatch.delenv(key)
-    cls = settings_class(service)
-    fields = env_fields(cls)
     values, refs = container_env(container)
-    kwargs: dict[str, Any] = {fields[k]: v for k, v in values.items() if k in fields}
-    kwargs.update({fields[k]: "value-from-a-kubernetes-secret" for k in refs if k in fields})
-    return cls(**kwargs)
+    for name, value in values.items():
+        if name.startswith("CXRMESH_"):
+            monkeypatch.setenv(name, value)
+    for name in refs:
+        if name.startswith("CXRMESH_"):
+            monkeypatch.setenv(name, "value-from-a-kubernetes-secret")
+    return settings_class(service)()
 
 
 def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
@@ -274,6 +291,143 @@ def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
 
 def named_ports(container: dict[str, Any]) -> dict[str, int]:
     return {p["name"]: p["containerPort"] for p in container.get("ports") or [] if "name" in p}
+
+
+def the_one(docs: tuple[dict[str, Any], ...] | list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = of_kind(docs, kind)
+    assert len(found) == 1, f"expected one {kind}, found {[d['metadata']['name'] for d in found]}"
+    return found[0]
+
+
+def database_cluster() -> dict[str, Any]:
+    """The CloudNativePG Cluster of the base (k8s/base/database.yaml)."""
+    cluster = the_one(base_docs(), "Cluster")
+    assert cluster["apiVersion"] == "postgresql.cnpg.io/v1"
+    return cluster
+
+
+def autoscalers() -> dict[str, dict[str, Any]]:
+    """service name -> the HorizontalPodAutoscaler that scales its workload."""
+    by_workload = {(w["kind"], w["metadata"]["name"]): name for name, (w, _) in service_workloads().items()}
+    found: dict[str, dict[str, Any]] = {}
+    for hpa in of_kind(base_docs(), "HorizontalPodAutoscaler"):
+        ref = hpa["spec"]["scaleTargetRef"]
+        service = by_workload.get((ref["kind"], ref["name"]))
+        assert service, f"HPA {hpa['metadata']['name']} scales {ref}, not a cxrmesh service's workload"
+        assert service not in found, f"two autoscalers on {service}"
+        found[service] = hpa
+    return found
+
+
+def topic_partitions(docs: tuple[dict[str, Any], ...]) -> dict[str, int]:
+    """topic -> partitions, from the KafkaTopics (one each; the name is the topic unless topicName)."""
+    found: dict[str, int] = {}
+    for topic in of_kind(docs, "KafkaTopic"):
+        assert topic["apiVersion"] == "kafka.strimzi.io/v1beta2"
+        name = topic["spec"].get("topicName") or topic["metadata"]["name"]
+        assert name not in found, f"two KafkaTopics create {name}"
+        found[name] = topic["spec"]["partitions"]
+    return found
+
+
+def surge(workload: dict[str, Any], replicas: int) -> int:
+    """Pods a rollout adds beyond ``replicas`` (the Deployment's maxSurge; default 25 %, rounded up)."""
+    rolling = (workload["spec"].get("strategy") or {}).get("rollingUpdate") or {}
+    value = rolling.get("maxSurge", "25%")
+    if isinstance(value, str) and value.endswith("%"):
+        return math.ceil(int(value[:-1]) * replicas / 100)
+    return int(value)
+
+
+# ------------------------------------------------------------------------- NetworkPolicy evaluation
+
+
+@dataclasses.dataclass(frozen=True)
+class Pod:
+    """A peer of a connection as NetworkPolicies see it: its labels and its namespace."""
+
+    labels: dict[str, str]
+    namespace: str = "cxrmesh"
+    ports: dict[str, int] = dataclasses.field(default_factory=dict)  # named, for rules naming them
+
+
+def label_selected(selector: dict[str, Any] | None, labels: dict[str, str]) -> bool:
+    """Kubernetes label-selector semantics (matchLabels and matchExpressions); {} selects everything."""
+    selector = selector or {}
+    if not selects(selector.get("matchLabels") or {}, labels):
+        return False
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr["key"], expr["operator"], expr.get("values") or []
+        ok = {
+            "In": key in labels and labels[key] in values,
+            "NotIn": key not in labels or labels[key] not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[op]
+        if not ok:
+            return False
+    return True
+
+
+def _peer_matches(peer: dict[str, Any], pod: Pod, policy_namespace: str) -> bool:
+    if "ipBlock" in peer:
+        return False  # none of the policies names pods by address
+    if "namespaceSelector" in peer:
+        in_namespace = label_selected(
+            peer["namespaceSelector"], {"kubernetes.io/metadata.name": pod.namespace}
+        )
+    else:
+        in_namespace = pod.namespace == policy_namespace
+    return in_namespace and label_selected(peer.get("podSelector"), pod.labels)
+
+
+def _allowed(direction: str, subject: Pod, peer: Pod, port: int, port_owner: Pod) -> bool:
+    """Whether the policies selecting ``subject`` let traffic ``direction`` (Ingress/Egress) with ``peer``."""
+    key, peers_key = direction.lower(), "from" if direction == "Ingress" else "to"
+    applying = [
+        p
+        for p in of_kind(base_docs(), "NetworkPolicy")
+        if direction in p["spec"]["policyTypes"]
+        and p["metadata"].get("namespace", "cxrmesh") == subject.namespace
+        and label_selected(p["spec"]["podSelector"], subject.labels)
+    ]
+    if not applying:
+        return True  # not isolated in this direction
+    names = {name for name, number in port_owner.ports.items() if number == port}
+    for policy in applying:
+        for rule in policy["spec"].get(key) or []:
+            ports = rule.get("ports")
+            if ports and not any("port" not in p or p["port"] == port or p["port"] in names for p in ports):
+                continue
+            peers = rule.get(peers_key)
+            if not peers or any(_peer_matches(x, peer, policy["metadata"]["namespace"]) for x in peers):
+                return True
+    return False
+
+
+def connects(source: Pod, target: Pod, port: int) -> bool:
+    """Source's egress and target's ingress both let a connection to ``target``:``port`` through."""
+    egress = _allowed("Egress", source, target, port, target)
+    return egress and _allowed("Ingress", target, source, port, target)
+
+
+def database_pod(cluster: dict[str, Any], role: str = "primary") -> Pod:
+    """An instance pod of the Cluster as CloudNativePG labels it (plus the Cluster's inheritedMetadata)."""
+    labels = dict(((cluster["spec"].get("inheritedMetadata") or {}).get("labels")) or {})
+    labels |= {"cnpg.io/cluster": cluster["metadata"]["name"], "cnpg.io/podRole": "instance", "role": role}
+    labels["cnpg.io/instanceRole"] = role
+    return Pod(
+        labels, cluster["metadata"]["namespace"], {"postgresql": 5432, "status": 8000, "metrics": 9187}
+    )
+
+
+def workload_pod(workload: dict[str, Any]) -> Pod:
+    ports: dict[str, int] = {}
+    for c in pod_spec(workload)["containers"]:
+        ports.update(named_ports(c))
+    return Pod(
+        dict(workload["spec"]["template"]["metadata"]["labels"]), workload["metadata"]["namespace"], ports
+    )
 
 
 # --------------------------------------------------------------------------------------------- structure
@@ -417,13 +571,13 @@ def test_storage_grace_and_endpoints(service: str, monkeypatch: pytest.MonkeyPat
     workload, container = service_workloads()[service]
     s = effective_settings(service, container, monkeypatch)
     mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts") or []}
+    volumes = {v["name"]: v for v in pod_spec(workload).get("volumes") or []}
     data_dir = str(s.data_dir)
     assert data_dir in mounts, f"{service}: CXRMESH_DATA_DIR {data_dir} is not a mounted volume"
     assert "/tmp" in mounts, f"{service}: read-only root filesystem needs a /tmp volume"
-    if service == "ingestion":  # the outbox: a persistent volume per replica
-        assert workload["kind"] == "StatefulSet"
-        claims = {c["metadata"]["name"] for c in workload["spec"].get("volumeClaimTemplates") or []}
-        assert mounts[data_dir] in claims, "ingestion's outbox must be on a per-replica PVC"
+    # stateless pods: the durable state is in the database, CXRMESH_DATA_DIR is scratch (the audit log copy)
+    assert workload["kind"] == "Deployment", f"{service}: a {workload['kind']}, not a Deployment"
+    assert "emptyDir" in volumes[mounts[data_dir]], f"{service}: CXRMESH_DATA_DIR is not an emptyDir"
     # blobs are shared across pods and nodes: an S3-compatible store (or an explicit shared file path)
     assert s.blob_uri.startswith(("s3://", "file:///")), f"{service}: CXRMESH_BLOB_URI {s.blob_uri!r}"
     if s.blob_uri.startswith("s3://"):
@@ -443,6 +597,10 @@ def test_storage_grace_and_endpoints(service: str, monkeypatch: pytest.MonkeyPat
         assert host == "search" and int(port) == services["search"]["spec"]["ports"][0]["port"]
     if hasattr(s, "milvus_uri"):
         assert s.milvus_uri, "search needs a Milvus server (CXRMESH_MILVUS_URI), not Milvus Lite"
+        # a server's growing corpus: a graph index, with parameters the index type knows
+        assert s.milvus_index == "HNSW"
+        assert set(s.milvus_index_params or {}) <= set(DEFAULT_BUILD_PARAMS["HNSW"]), s.milvus_index_params
+        assert set(s.milvus_search_params or {}) <= set(DEFAULT_SEARCH_PARAMS["HNSW"]), s.milvus_search_params
 
 
 def test_services_route_to_their_pods() -> None:
@@ -457,11 +615,122 @@ def test_services_route_to_their_pods() -> None:
         for port in svc["spec"]["ports"]:
             assert port["targetPort"] in ports, f"Service {svc['metadata']['name']}: no port {port['name']}"
             assert port["port"] == ports[port["targetPort"]], f"{svc['metadata']['name']}: port differs"
-    for w in of_kind(workloads, "StatefulSet"):
-        governing = [
-            s for s in of_kind(base_docs(), "Service") if s["metadata"]["name"] == w["spec"]["serviceName"]
-        ]
-        assert governing and governing[0]["spec"].get("clusterIP") == "None", w["metadata"]["name"]
+
+
+def test_no_service_keeps_a_volume_claim() -> None:
+    """Every replica answers for every study only if none keeps state of its own: no StatefulSet, no
+    PersistentVolumeClaim (templated, referenced or standalone) for any service."""
+    assert not of_kind(base_docs(), "StatefulSet", "PersistentVolumeClaim")
+    for service, (workload, _) in service_workloads().items():
+        assert "volumeClaimTemplates" not in workload["spec"], service
+        for volume in pod_spec(workload).get("volumes") or []:
+            assert not {"persistentVolumeClaim", "ephemeral", "hostPath"} & set(volume), (
+                f"{service}: volume {volume['name']} keeps state on a node or a claim"
+            )
+
+
+# ---------------------------------------------------------------------------------------------- database
+
+
+def test_the_database_is_replicated_backed_up_and_monitored() -> None:
+    """The CloudNativePG Cluster: three PostgreSQL 15 instances, continuous backup to an object store
+    with a retention, a daily base backup, its metrics scraped."""
+    cluster = database_cluster()
+    name, spec = cluster["metadata"]["name"], cluster["spec"]
+    assert spec["instances"] >= 3, "a primary and two standbys: failover without losing quorum"
+    assert spec.get("minSyncReplicas", 0) >= 1, "an acknowledged commit is on a standby too"
+    assert re.search(r"/postgresql:15(\.\d+)?(-|$)", spec["imageName"]), spec["imageName"]
+    assert spec["storage"]["size"] and spec.get("enableSuperuserAccess") is False
+    store = spec["backup"]["barmanObjectStore"]
+    assert store["destinationPath"].startswith("s3://")
+    template = {d["metadata"]["name"]: d for d in load_docs(BASE / "secret.template.yaml")}
+    for ref in store["s3Credentials"].values():  # from a Secret the operator creates by hand (template)
+        assert ref["key"] in template[ref["name"]]["stringData"], f"{ref} is not in secret.template.yaml"
+    assert re.fullmatch(r"\d+[dwm]", spec["backup"]["retentionPolicy"])
+    backups = [b for b in of_kind(base_docs(), "ScheduledBackup") if b["spec"]["cluster"]["name"] == name]
+    assert len(backups) == 1, "one ScheduledBackup of the Cluster"
+    fields = backups[0]["spec"]["schedule"].split()
+    assert len(fields) == 6 and fields[3:] == ["*", "*", "*"], "six-field cron (seconds first), every day"
+    assert all(f.isdigit() for f in fields[:3]), "once a day, at a fixed time"
+    monitors = [
+        m
+        for m in of_kind(base_docs(), "PodMonitor")
+        if label_selected(m["spec"]["selector"], database_pod(cluster).labels)
+    ]
+    assert [e["port"] for m in monitors for e in m["spec"]["podMetricsEndpoints"]] == ["metrics"]
+
+
+@pytest.mark.parametrize("service", sorted(service_packages()))
+def test_every_service_uses_the_cnpg_database(service: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CXRMESH_DATABASE_URL names the Cluster's read-write Service and the database and owner it
+    bootstraps, checks the server's certificate (verify-full) against the CA CloudNativePG made, mounted
+    from its Secret; the password comes from the Cluster's app Secret, never from the URL or a literal."""
+    cluster = database_cluster()
+    name, initdb = cluster["metadata"]["name"], cluster["spec"]["bootstrap"]["initdb"]
+    workload, container = service_workloads()[service]
+    s = effective_settings(service, container, monkeypatch)
+    url = urlsplit(s.database_url)
+    query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+    assert url.scheme == "postgresql", f"{service}: {url.scheme}"
+    assert (url.hostname, url.port) == (f"{name}-rw", 5432), f"{service}: not the Cluster's rw Service"
+    assert url.path.lstrip("/") == initdb["database"], f"{service}: not the database the Cluster makes"
+    assert url.username == initdb["owner"] and url.password is None, f"{service}: user / password in URL"
+    assert query.get("sslmode") == "verify-full", f"{service}: the server's name and CA must be checked"
+    ca = Path(query["sslrootcert"])
+    mounts = secret_mounts(workload, container)
+    assert mounts.get(str(ca.parent)) == f"{name}-ca", f"{service}: sslrootcert is not the Cluster's CA"
+    volume = next(
+        v for v in pod_spec(workload)["volumes"] if v.get("secret", {}).get("secretName") == f"{name}-ca"
+    )
+    assert [i["key"] for i in volume["secret"].get("items") or []] == [ca.name] == ["ca.crt"], (
+        f"{service}: mount only ca.crt (the CA Secret also holds the CA's key)"
+    )
+    _, refs = container_env(container)
+    assert refs["CXRMESH_DATABASE_PASSWORD"] == {"secretKeyRef": {"name": f"{name}-app", "key": "password"}}
+
+
+def test_database_connections_fit_max_connections(monkeypatch: pytest.MonkeyPatch) -> None:
+    """max_connections holds every service at its autoscaler's maximum plus a rollout's surge pods, each
+    pod with its whole pool (pool_size + overflow, as cxrmesh.runtime.db opens it) and its LISTEN
+    connections, plus PostgreSQL's reserved slots and room for the operator and people."""
+    params = database_cluster()["spec"]["postgresql"]["parameters"]
+    needed = int(params.get("superuser_reserved_connections", 3)) + DB_HEADROOM
+    for service, (workload, container) in service_workloads().items():
+        settings = effective_settings(service, container, monkeypatch)
+        db = Database("postgresql://budget@localhost/budget", "", settings.database_pool_size, migrate=False)
+        try:  # no connection is made: only the pool's limits are read
+            per_pod = db.engine.pool.size() + db.engine.pool._max_overflow  # type: ignore[attr-defined]
+        finally:
+            db.close()
+        per_pod += sum(
+            len(CHANGE_FEED.findall(f.read_text())) for f in (SERVICES_DIR / service).rglob("*.py")
+        )
+        pods = autoscalers()[service]["spec"]["maxReplicas"]
+        needed += (pods + surge(workload, pods)) * per_pod
+    assert needed <= int(params["max_connections"]), f"max_connections must be at least {needed}"
+
+
+def test_only_the_services_reach_the_database() -> None:
+    """PostgreSQL answers the cxrmesh services (whose egress lets them reach it), its own instances and
+    the operator; not Triton, not other pods of the namespace (a DICOM router), not other namespaces."""
+    cluster = database_cluster()
+    primary, standby = database_pod(cluster), database_pod(cluster, "replica")
+    for service, (workload, _) in service_workloads().items():
+        assert connects(workload_pod(workload), primary, 5432), f"{service} cannot reach the database"
+        assert not connects(workload_pod(workload), primary, 8000), f"{service} reaches the status port"
+    assert connects(standby, primary, 5432), "streaming replication"
+    operator = Pod({"app.kubernetes.io/name": "cloudnative-pg"}, "cnpg-system")
+    assert connects(operator, primary, 8000) and connects(operator, primary, 5432), "the operator"
+    assert connects(Pod({}, "monitoring"), primary, 9187), "Prometheus scrapes its metrics"
+    outsiders = [
+        workload_pod(triton(base_docs())),
+        Pod({"app.kubernetes.io/name": "dicom-router", "app.kubernetes.io/part-of": "cxrmesh"}),
+        Pod({}),
+        Pod(workload_pod(service_workloads()["search"][0]).labels, "default"),  # a look-alike elsewhere
+        Pod({"app.kubernetes.io/name": "cloudnative-pg"}, "other"),
+    ]
+    for pod in outsiders:
+        assert not connects(pod, primary, 5432), f"{pod} reaches the database"
 
 
 # ----------------------------------------------------------------------------------- secrets, security
@@ -530,7 +799,7 @@ def test_ingestion_phi_stays_in_the_namespace() -> None:
         and not p["spec"].get("ingress")
     ]
     assert deny, "a default-deny ingress policy is needed"
-    applying = [p for p in policies if selects(p["spec"]["podSelector"].get("matchLabels") or {}, labels)]
+    applying = [p for p in policies if label_selected(p["spec"]["podSelector"], labels)]
     for policy in applying:
         for rule in policy["spec"].get("ingress") or []:
             ports = {p.get("port") for p in rule.get("ports") or []}
@@ -557,27 +826,92 @@ def test_every_workload_has_a_disruption_budget() -> None:
         )
 
 
-def test_autoscalers_respect_the_partition_ceiling() -> None:
-    workloads = {(w["kind"], w["metadata"]["name"]): w for w in of_kind(base_docs(), *WORKLOAD_KINDS)}
-    by_workload = {id(w): name for name, (w, _) in service_workloads().items()}
-    hpas = of_kind(base_docs(), "HorizontalPodAutoscaler")
-    scaled = set()
-    for hpa in hpas:
-        ref = hpa["spec"]["scaleTargetRef"]
-        target = workloads.get((ref["kind"], ref["name"]))
-        assert target is not None, f"HPA {hpa['metadata']['name']} targets a missing {ref}"
-        service = by_workload.get(id(target))
-        assert service, f"HPA {hpa['metadata']['name']} scales {ref['name']}, not a cxrmesh service"
-        scaled.add(service)
-        assert service not in NOT_AUTOSCALED, f"{service} must not be autoscaled"
-        assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"] <= topics.PARTITIONS, (
-            f"{service}: consumers beyond {topics.PARTITIONS} partitions would sit idle"
+def test_every_service_is_autoscaled_within_the_partitions_it_consumes() -> None:
+    """One CPU autoscaler per service; its ceiling is the cluster's partition count and never more than
+    the partitions of any topic the service consumes (FLOW): consumers past them would sit idle."""
+    partitions = topic_partitions(base_docs())
+    hpas = autoscalers()
+    assert set(hpas) == service_packages(), f"not autoscaled: {service_packages() - set(hpas)}"
+    for service, hpa in hpas.items():
+        workload, _ = service_workloads()[service]
+        spec = hpa["spec"]
+        assert 1 <= spec["minReplicas"] <= spec["maxReplicas"] == topics.CLUSTER_PARTITIONS, service
+        for topic in FLOW[service].consumes:
+            assert spec["maxReplicas"] <= partitions[topic], (
+                f"{service}: {spec['maxReplicas']} replicas, {topic} has {partitions[topic]} partitions"
+            )
+        assert [m["resource"]["name"] for m in spec["metrics"]] == ["cpu"]
+        assert "replicas" not in workload["spec"], (
+            f"{service}: replicas in the manifest would reset the autoscaler's count at every apply"
         )
-        assert [m["resource"]["name"] for m in hpa["spec"]["metrics"]] == ["cpu"]
-        assert target["spec"]["replicas"] <= topics.PARTITIONS
-    assert scaled == set(service_packages()) - NOT_AUTOSCALED, "every stateless-enough stage is autoscaled"
-    for service in NOT_AUTOSCALED - {"ingestion"}:
-        assert service_workloads()[service][0]["spec"]["replicas"] == 1, f"{service} holds per-pod state"
+        assert spec["behavior"]["scaleDown"]["stabilizationWindowSeconds"] >= 300, (
+            f"{service}: every scale step rebalances the consumer group; scale down slowly"
+        )
+
+
+def test_every_topic_is_a_kafka_topic_with_the_cluster_partitions() -> None:
+    """kafka-topics.yaml creates exactly the topics of topics.MESSAGE_TYPES, each once, all with
+    CLUSTER_PARTITIONS partitions (a study's events of different topics share a partition number),
+    replicated so that one broker may fail without losing an acknowledged event."""
+    docs = base_docs()
+    partitions = topic_partitions(docs)
+    assert sorted(partitions) == sorted(topics.MESSAGE_TYPES), "KafkaTopics differ from topics.MESSAGE_TYPES"
+    assert set(partitions.values()) == {topics.CLUSTER_PARTITIONS}
+    retention: dict[str, int] = {}
+    for topic in of_kind(docs, "KafkaTopic"):
+        spec, name = topic["spec"], topic["metadata"]["name"]
+        config = spec["config"]
+        assert spec["replicas"] >= 3, name
+        assert 2 <= int(config["min.insync.replicas"]) < spec["replicas"], name
+        assert topic["metadata"]["labels"][KAFKA_CLUSTER_LABEL] == KAFKA_CLUSTER_PLACEHOLDER, name
+        retention[name] = int(config["retention.ms"])
+    study = [t for t in topics.MESSAGE_TYPES if t.startswith("cxrmesh.study.")]
+    dead = [topics.DEAD_LETTER, topics.STUDYVIEW_DEAD_LETTER]
+    assert min(retention[t] for t in study) >= 3 * 86_400_000, "study topics: days, to outlast an outage"
+    assert min(retention[t] for t in dead) >= max(retention[t] for t in study), "dead letters: longer"
+    assert retention[topics.AUDIT] == max(retention.values()), "the audit trail is kept the longest"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=[o.name for o in OVERLAYS])
+def test_every_overlay_names_its_kafka_cluster(overlay: Path) -> None:
+    clusters = {
+        t["metadata"]["labels"][KAFKA_CLUSTER_LABEL] for t in of_kind(rendered(overlay), "KafkaTopic")
+    }
+    assert len(clusters) == 1 and KAFKA_CLUSTER_PLACEHOLDER not in clusters, f"{overlay.name}: {clusters}"
+    assert len(of_kind(rendered(overlay), "KafkaTopic")) == len(topics.MESSAGE_TYPES)
+
+
+def test_lag_autoscaling_component_follows_the_flow(tmp_path: Path) -> None:
+    """The optional KEDA component: per consuming service one ScaledObject with a trigger per consumed
+    topic on its consumer group, within the partitions; it replaces that service's CPU autoscaler."""
+    overlay = {  # an overlay that uses it (kustomize takes other kustomizations by relative path only)
+        "resources": [os.path.relpath(K8S / "overlays" / "cpu", tmp_path)],
+        "components": [os.path.relpath(KEDA, tmp_path)],
+    }
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(overlay))
+    docs = rendered(tmp_path)
+    partitions = topic_partitions(docs)
+    bootstrap = config_maps()["cxrmesh-config"]["CXRMESH_KAFKA_BOOTSTRAP"]
+    scaled = {s["spec"]["scaleTargetRef"]["name"]: s for s in of_kind(docs, "ScaledObject")}
+    consumers = {name for name, stage in FLOW.items() if stage.consumes}
+    assert set(scaled) == consumers
+    hpas = {h["spec"]["scaleTargetRef"]["name"] for h in of_kind(docs, "HorizontalPodAutoscaler")}
+    assert hpas == service_packages() - consumers, "one autoscaler per service: KEDA's or the CPU one"
+    for name, obj in scaled.items():
+        spec = obj["spec"]
+        assert obj["metadata"]["namespace"] == kustomization(BASE)["namespace"]
+        assert spec["scaleTargetRef"]["kind"] == "Deployment"
+        assert spec["maxReplicaCount"] == topics.CLUSTER_PARTITIONS
+        assert spec["minReplicaCount"] == autoscalers()[name]["spec"]["minReplicas"], name
+        triggers = spec["triggers"]
+        assert sorted(tr["metadata"]["topic"] for tr in triggers) == sorted(FLOW[name].consumes), name
+        for tr in triggers:
+            meta = tr["metadata"]
+            assert tr["type"] == "kafka" and meta["consumerGroup"] == FLOW[name].group, name
+            assert meta["bootstrapServers"] == bootstrap, f"{name}: not the services' Kafka"
+            assert spec["maxReplicaCount"] <= partitions[meta["topic"]]
+            assert meta.get("allowIdleConsumers", "false") == "false"
+            assert meta.get("offsetResetPolicy") == "earliest", "the consumers start at earliest"
 
 
 def test_prometheus_scrapes_every_metrics_port() -> None:
@@ -591,7 +925,7 @@ def test_prometheus_scrapes_every_metrics_port() -> None:
         assert "metrics" in ports, workload["metadata"]["name"]
         assert any(
             m["kind"] == "PodMonitor"
-            and selects(m["spec"]["selector"]["matchLabels"], labels)
+            and label_selected(m["spec"]["selector"], labels)
             and "metrics" in [e["port"] for e in m["spec"]["podMetricsEndpoints"]]
             for m in monitors
         ), f"{workload['metadata']['name']} is not scraped"
@@ -845,7 +1179,7 @@ def validate_schema(docs: list[dict[str, Any]] | tuple[dict[str, Any], ...]) -> 
     for doc in docs:
         group = doc["apiVersion"].rpartition("/")[0]
         if "." in group and not group.endswith(".k8s.io"):
-            continue  # a custom resource (PodMonitor): no schema offline
+            continue  # a custom resource (Cluster, KafkaTopic, PodMonitor, ...): no schema offline
         try:
             kv.validate(doc, MIN_K8S, strict=True)
         except kv.ValidationError as err:

@@ -1,6 +1,7 @@
 """Each service's Kafka handler driven with events, no servers: the stage logic without a mesh.
 
-Real blob stores, result tables, SQLite joins and Milvus Lite (in a temporary folder); a fake only
+Real blob stores, result tables and joins (SQLite; those that touch the shared state on PostgreSQL
+too) and Milvus Lite (in a temporary folder); a fake only
 where nothing real can run in a unit test: ``FakeTriton`` (no tritonserver), ``FakeProducer`` (no
 broker) and ``FakeSearch`` (no search service). The end-to-end test keeps the real mesh.
 """
@@ -19,6 +20,8 @@ from cxrmesh.contracts.preprocessing import MODEL_SIZE
 from cxrmesh.contracts.tensors import CLINICAL_FEATURES, EMBED_DIM, MODEL_INPUT, SEG_MEMBERS
 from cxrmesh.dicom.admit import process_dicom
 from cxrmesh.runtime.blobs import NPY, LocalBlobStore, array_bytes, bytes_array
+from cxrmesh.runtime.db import Database
+from cxrmesh.runtime.db.engine import sqlite_url
 from cxrmesh.runtime.kafka import Event, PermanentError, PublishError, PublishFuture
 from cxrmesh.runtime.tables import ResultTable
 from cxrmesh.runtime.triton import TritonRejected, TritonUnavailable
@@ -105,7 +108,7 @@ def blobs(tmp_path: Path) -> LocalBlobStore:
 def parts(
     tmp_path: Path, settings, service: str, model: str, result_type, triton, producer, blobs
 ) -> StageParts:
-    table = ResultTable(tmp_path / f"{service}.sqlite", result_type)
+    table = ResultTable(Database(sqlite_url(tmp_path / "state.sqlite")), service, result_type)
     return StageParts(settings, FLOW[service], model, table, triton, producer, blobs)
 
 
@@ -369,16 +372,16 @@ def complete_clinical() -> common_pb2.ClinicalData:
     return clinical
 
 
-def test_prognosis_waits_for_both_inputs_and_names_missing_clinical_data(tmp_path: Path) -> None:
+def test_prognosis_waits_for_both_inputs_and_names_missing_clinical_data(db: Database) -> None:
     head = FakeTriton(lambda m, x: {"probability": np.full((len(x["embedding"]), 1), 0.8, np.float32)})
     producer = FakeProducer()
     prior = search_pb2.SimilarCase(study_key="old", outcome=common_pb2.OUTCOME_INTUBATED_72H)
-    results = ResultTable(tmp_path / "results.sqlite", events_pb2.PrognosisResult)
+    results = ResultTable(db, "prognosis", events_pb2.PrognosisResult)
     worker = PrognosisWorker(
         PrognosisSettings(),
         head,
         producer,
-        JoinTable(tmp_path / "joins.sqlite"),
+        JoinTable(db),
         results,
         FakeSearch([prior]),
     )
@@ -402,8 +405,8 @@ def test_prognosis_waits_for_both_inputs_and_names_missing_clinical_data(tmp_pat
 # ----------------------------------------------------------------------------- study view
 
 
-def test_study_view_marks_a_dead_lettered_stage_and_its_dependants_failed(tmp_path: Path, blobs) -> None:
-    store = ViewStore(tmp_path / "views.sqlite")
+def test_study_view_marks_a_dead_lettered_stage_and_its_dependants_failed(db: Database, blobs) -> None:
+    store = ViewStore(db)
     worker = ViewWorker(store)
     src = ingested(blobs, "a", np.zeros((4, 4)))
     assert worker(events(topics.STUDY_INGESTED, [src])) == [None]
@@ -418,6 +421,7 @@ def test_study_view_marks_a_dead_lettered_stage_and_its_dependants_failed(tmp_pa
     assert state["quantified"] == (studyview_pb2.STAGE_FAILED, "upstream stage segmented failed")
     assert state["prognosis"][0] == studyview_pb2.STAGE_PENDING  # its own inputs have not failed
     assert events_pb2.StudyIngested.FromString(payloads["ingested"]) == src
+    store.close()
 
 
 def test_implausible_landmarks_are_replaced_by_the_estimate_and_counted(

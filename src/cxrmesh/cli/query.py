@@ -214,13 +214,17 @@ def diagnose(
 
 def _local_study_keys(home: Path) -> list[str]:
     """Every study the local mesh's study view has seen (read-only; the API has no listing call)."""
-    import sqlite3
+    from cxrmesh.local.mesh import MeshState
+    from cxrmesh.services.studyview.store import study_keys
 
-    db = home / "data" / "studyview" / "views.sqlite"
-    if not db.is_file():
+    state = MeshState.load(home.resolve())
+    if state is None:
         return []
-    with sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True) as conn:
-        return [r[0] for r in conn.execute("SELECT DISTINCT study_key FROM stages ORDER BY study_key")]
+    db = state.database()
+    try:
+        return study_keys(db)
+    finally:
+        db.close()
 
 
 @app.command(epilog=QUERY_EXIT_CODES)

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from cxrmesh.cli.app import app, fail
+from cxrmesh.contracts.topics import PARTITIONS
 
 MESH_HOME = Path("data/mesh")
 HomeOpt = Annotated[Path, typer.Option("--home", help="Mesh home: state, data, logs.")]
@@ -23,10 +24,27 @@ def up(
     insecure: Annotated[
         bool, typer.Option("--insecure", help="Plaintext gRPC, no client certificates: debugging only.")
     ] = False,
+    replicas: Annotated[
+        int, typer.Option("--replicas", min=1, help="Processes of every service (they share the work).")
+    ] = 1,
+    database: Annotated[
+        str,
+        typer.Option("--database", help="sqlite (one file in <home>/data) or postgres (a local cluster)."),
+    ] = "sqlite",
+    milvus: Annotated[
+        str, typer.Option("--milvus", help="lite (Milvus Lite) or server (the standalone Milvus server).")
+    ] = "lite",
+    partitions: Annotated[
+        int,
+        typer.Option(
+            "--partitions", min=1, envvar="CXRMESH_KAFKA_PARTITIONS", help="Partitions per new topic."
+        ),
+    ] = PARTITIONS,
 ) -> None:
-    """Start the local mesh (broker, Milvus Lite, tritonserver, services) and wait until healthy.
+    """Start the local mesh (broker, database, Milvus, tritonserver, services) and wait until healthy.
 
     Mutual TLS by default: certificates come from the local CA in <home>/pki (made once, reused).
+    With --replicas N every service runs N processes sharing its consumer group and the database.
     """
     from cxrmesh.local.mesh import Mesh, MeshError
 
@@ -39,11 +57,21 @@ def up(
             err=True,
         )
     try:
-        mesh = Mesh(home, ports=ports, insecure=insecure)
+        mesh = Mesh(
+            home,
+            ports=ports,
+            insecure=insecure,
+            replicas=replicas,
+            database=database,
+            milvus=milvus,
+            partitions=partitions,
+        )
         state = mesh.up(timeout, progress=lambda m: typer.echo(f"starting {m}"))
     except MeshError as exc:
         fail(str(exc))
     typer.echo(f"mesh up: ingestion at {state.endpoint('ingestion')}, search at {state.endpoint('search')}")
+    if replicas > 1:
+        typer.echo(f"{replicas} replicas of every service; `cxrmesh status --home {home}` lists them")
     typer.echo(f"state and logs in {home}; stop with `cxrmesh down --home {home}`")
     if not insecure:
         typer.echo(f"mutual TLS on every port; the CA and client certificate are in {home / 'pki'}")
@@ -68,7 +96,7 @@ def status(home: HomeOpt = MESH_HOME) -> None:
         typer.echo(f"no mesh in {home}")
         raise typer.Exit(code=1)
     for r in rows:
-        typer.echo(f"{r['name']:<13} pid {r['pid']:<8} {r['health']:<12} {r['endpoint']:<24} {r['log']}")
+        typer.echo(f"{r['name']:<18} pid {r['pid']:<8} {r['health']:<12} {r['endpoint']:<24} {r['log']}")
     if any(r["health"] not in ("SERVING", "RUNNING") for r in rows):
         raise typer.Exit(code=1)
 

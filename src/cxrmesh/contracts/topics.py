@@ -34,8 +34,16 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
     AUDIT: events_pb2.AuditRecord,
 }
 
-PARTITIONS = 4  # consumers of a group scale out to this many replicas per topic
+# Partitions per topic cap the replicas of each consumer group (extra consumers sit idle). The count is
+# configuration, fixed when a topic is created: the local mesh uses PARTITIONS unless told otherwise
+# (`cxrmesh up --partitions`, CXRMESH_KAFKA_PARTITIONS); a cluster sets it in its KafkaTopic resources
+# (k8s/base/kafka-topics.yaml: CLUSTER_PARTITIONS, with the autoscalers' maximums to match).
+PARTITIONS = 4
+CLUSTER_PARTITIONS = 12
 
 
-def all_topics() -> dict[str, int]:
-    return dict.fromkeys(MESSAGE_TYPES, PARTITIONS)
+def all_topics(partitions: int = PARTITIONS) -> dict[str, int]:
+    """Every topic of the mesh with its partition count (for creating them)."""
+    if partitions < 1:
+        raise ValueError("a topic needs at least one partition")
+    return dict.fromkeys(MESSAGE_TYPES, partitions)

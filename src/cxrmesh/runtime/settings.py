@@ -45,6 +45,14 @@ class ServiceSettings(BaseSettings):
     log_file: Path | None = None
     data_dir: Path = Path("data/mesh")
     blob_uri: str = Field("", description="file:///path or s3://bucket/prefix; default <data_dir>/blobs")
+    # durable state (outbox, results, joins, study views): cxrmesh.runtime.db; one database for the mesh
+    database_url: str = Field(
+        "",
+        description="postgresql://user@host:port/db?sslmode=verify-full&sslrootcert=ca.pem (replicas,"
+        " production) or sqlite:///path; default sqlite:///<data_dir>/state.sqlite (one machine)",
+    )
+    database_password: SecretStr = Field(SecretStr(""), description="PostgreSQL password (from a Secret)")
+    database_pool_size: int = Field(4, ge=1, le=64, description="connections each replica keeps open")
     kafka_bootstrap: str = loopback(KAFKA)
     kafka_session_timeout_ms: int = 10000
     kafka_heartbeat_ms: int = 3000

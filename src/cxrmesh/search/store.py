@@ -48,7 +48,7 @@ from cxrmesh.search.schema import (
     check_schema,
 )
 from cxrmesh.search.tls import MilvusTLS
-from cxrmesh.search.translate import translate
+from cxrmesh.search.translate import credentials_refused, translate
 
 T = TypeVar("T")
 
@@ -124,12 +124,16 @@ class CaseStore:
             if self._client_obj is None:
                 try:
                     tls = self._tls.client_kwargs() if self._tls is not None else {}
+                    # dedicated: pymilvus shares one channel per address|token otherwise, whatever the
+                    # TLS settings of the client that asks (a store could ride another's channel)
                     self._client_obj = MilvusClient(
-                        uri=self.uri, token=self._token, timeout=self.timeout_s, **tls
+                        uri=self.uri, token=self._token, timeout=self.timeout_s, dedicated=True, **tls
                     )
                 except ConnectionConfigException as e:
                     raise StoreError(f"bad Milvus address: {redact(e.message)}") from None
                 except MilvusException as e:
+                    if credentials_refused(e):
+                        raise translate("connect", e) from None
                     raise StoreUnavailable(f"cannot connect to Milvus: {redact(e.message)}") from e
             return self._client_obj
 

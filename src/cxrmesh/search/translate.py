@@ -36,8 +36,19 @@ _UNAVAILABLE_CODES = frozenset(
 )
 
 
+_REFUSED_CODES = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
+
+
+def credentials_refused(exc: BaseException) -> bool:
+    """Milvus refused the token. pymilvus raises a refused Connect as a CONNECT_FAILED MilvusException
+    caused by the UNAUTHENTICATED RpcError: a wrong token, not an unavailable server, and no retry helps."""
+    return any(isinstance(e, grpc.RpcError) and e.code() in _REFUSED_CODES for e in (exc, exc.__cause__))
+
+
 def translate(operation: str, exc: Exception) -> StoreError:
     """Map a pymilvus / gRPC failure to the store's error classes (the only place that knows codes)."""
+    if credentials_refused(exc):
+        return StoreError(f"milvus {operation}: Milvus refused the credentials; check the token")
     if isinstance(exc, grpc.RpcError):
         code: Any = exc.code()
         message = exc.details() or ""

@@ -1,0 +1,38 @@
+"""INSERT ... ON CONFLICT for both engines: the one write every idempotent store is built on.
+
+SQLite and PostgreSQL spell the same statement through different SQLAlchemy dialect constructs; this
+picks the connection's. Under a unique key a concurrent upsert waits for the other transaction and
+then updates its row, so two replicas writing one study never lose either write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Column, Connection, CursorResult, Table
+from sqlalchemy.dialects import postgresql, sqlite
+
+
+def upsert(
+    conn: Connection,
+    table: Table,
+    values: Mapping[str, Any],
+    key: Sequence[str],
+    update: Sequence[str] | None = None,
+    returning: Sequence[Column] = (),
+) -> CursorResult:
+    """Insert ``values``; on a ``key`` conflict set the ``update`` columns (default: all but the key;
+    an empty list keeps the existing row). ``returning``: columns of the row as it is afterwards."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(table).values(**values)
+    columns = [c for c in values if c not in key] if update is None else list(update)
+    if columns:
+        stmt = stmt.on_conflict_do_update(
+            index_elements=list(key), set_={c: stmt.excluded[c] for c in columns}
+        )
+    else:
+        stmt = stmt.on_conflict_do_nothing(index_elements=list(key))
+    if returning:
+        stmt = stmt.returning(*returning)
+    return conn.execute(stmt)
