@@ -68,6 +68,3 @@ class JoinTable:
         with self.db.read() as conn:
             row = conn.execute(select(_t.clinical).where(_t.study_key == key)).scalar_one_or_none()
         return common_pb2.ClinicalData.FromString(row) if row else common_pb2.ClinicalData()
-
-    def ping(self) -> bool:
-        return self.db.ping()

@@ -60,7 +60,9 @@ class StudyViewServicer(studyview_pb2_grpc.StudyViewServiceServicer):
             ts = Timestamp()
             ts.FromNanoseconds(int(updated * 1e9))
             view.stages.append(studyview_pb2.Stage(name=name, state=state, reason=reason, updated_at=ts))
-        view.complete = all(
+        # complete = every stage known and settled: events of different topics arrive in any order, so a
+        # dead letter may be recorded before the study's own ingested event adds the pending stages
+        view.complete = {s.name for s in view.stages} >= set(STAGES) and all(
             s.state in (studyview_pb2.STAGE_DONE, studyview_pb2.STAGE_FAILED) for s in view.stages
         )
         if "ingested" in payloads:

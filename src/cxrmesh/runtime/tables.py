@@ -45,6 +45,3 @@ class ResultTable(Generic[M]):
                 select(t.message).where(t.service == self.service, t.study_key == key)
             ).scalar_one_or_none()
         return self.message_type.FromString(row) if row is not None else None
-
-    def ping(self) -> bool:
-        return self.db.ping()

@@ -15,7 +15,6 @@ Why the engine options look as they do:
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,7 +40,6 @@ class Database:
         self.url = _engine_url(url, password)
         self.engine: Engine = _create_engine(self.url, pool_size)
         self.dialect = self.engine.dialect.name
-        self._closed = threading.Event()
         if migrate:
             from cxrmesh.runtime.db.migrate import upgrade
 
@@ -78,12 +76,7 @@ class Database:
         except SQLAlchemyError:
             return False
 
-    @property
-    def closed(self) -> threading.Event:
-        return self._closed
-
     def close(self) -> None:
-        self._closed.set()
         self.engine.dispose()
 
     def __repr__(self) -> str:
