@@ -13,6 +13,7 @@ load balancer would.
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import threading
 import time
@@ -44,7 +45,14 @@ from cxrmesh.v1 import (
     studyview_pb2_grpc,
 )
 
-pytestmark = pytest.mark.mesh
+# Off in `make test` until the local mesh stops racing for free ports: a free_port() the Milvus server's
+# own connections took before a service bound it failed one CI run (issue 17 is open on this).
+pytestmark = [
+    pytest.mark.mesh,
+    pytest.mark.skipif(
+        not os.environ.get("CXRMESH_REPLICAS_E2E"), reason="set CXRMESH_REPLICAS_E2E=1 to run"
+    ),
+]
 STUDIES = 200
 
 
