@@ -13,7 +13,6 @@ load balancer would.
 from __future__ import annotations
 
 import io
-import os
 import shutil
 import threading
 import time
@@ -45,14 +44,7 @@ from cxrmesh.v1 import (
     studyview_pb2_grpc,
 )
 
-# Off in `make test` until the local mesh stops racing for free ports: a free_port() the Milvus server's
-# own connections took before a service bound it failed one CI run (issue 17 is open on this).
-pytestmark = [
-    pytest.mark.mesh,
-    pytest.mark.skipif(
-        not os.environ.get("CXRMESH_REPLICAS_E2E"), reason="set CXRMESH_REPLICAS_E2E=1 to run"
-    ),
-]
+pytestmark = pytest.mark.mesh
 STUDIES = 200
 
 
