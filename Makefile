@@ -14,7 +14,7 @@ SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 # buf (proto lint and breaking-change check), pinned by tools/buf/package-lock.json
 BUF    := tools/buf/node_modules/.bin/buf
 
-.PHONY: install debs demo test lint format protos clean fuzz
+.PHONY: install debs demo test test-faults lint format protos clean fuzz
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
@@ -45,6 +45,11 @@ test: $(STAMP) debs $(BUF)
 	$(BIN)/ruff check src tests export services protos scripts benchmarks
 	$(BIN)/ruff format --check src tests export services protos scripts benchmarks
 	$(BIN)/pytest -q
+
+# the fault suite (docs/reliability.md): a loaded mesh whose every process is SIGKILLed once, seeded
+# (CXRMESH_FAULT_SEED replays a run); writes out/faults and the table in docs/reliability.md
+test-faults: $(STAMP) debs
+	$(BIN)/pytest -q -m faults tests/faults
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests export services protos scripts benchmarks

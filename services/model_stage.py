@@ -63,6 +63,11 @@ class ModelStage(ABC, Generic[T]):
         """The result message of study ``j`` of the batch; PermanentError fails that study only."""
 
     def __call__(self, events: Sequence[Event]) -> batch.Results:
+        """One result per event; Triton, storage, database or broker outages come back as
+        ``DependencyUnavailable`` (the consumer waits for them without spending attempts)."""
+        return batch.handle_outages(self._handle, events)
+
+    def _handle(self, events: Sequence[Event]) -> batch.Results:
         p = self.parts
         results, ok, items = batch.load_all(events, self.load)
         if not ok:

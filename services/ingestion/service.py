@@ -28,6 +28,7 @@ from cxrmesh.runtime.grpc_server import ServiceRuntime
 from cxrmesh.runtime.kafka import EventProducer
 from cxrmesh.services import batch
 from cxrmesh.services.ingestion.outbox import Outbox
+from cxrmesh.services.ingestion.reconcile import Reconciler, reconcile
 from cxrmesh.services.ingestion.relay import relay
 from cxrmesh.services.ingestion.settings import IngestionSettings
 from cxrmesh.services.stage import GrpcApi
@@ -172,6 +173,13 @@ def build(settings: IngestionSettings) -> ServiceRuntime:
     runtime.add_worker(
         "outbox", lambda stop: relay(outbox, producer, stop, settings.outbox_interval_s, timeout_s)
     )
+    reconciler = Reconciler(
+        db,
+        after_s=settings.reconcile_after_s,
+        max_redrives=settings.reconcile_max_redrives,
+        batch=settings.reconcile_batch,
+    )
+    runtime.add_worker("reconciler", lambda stop: reconcile(reconciler, stop, settings.reconcile_interval_s))
     runtime.on_close(db.close)
     runtime.on_close(producer.close)
     return runtime

@@ -67,6 +67,11 @@ class PrognosisWorker:
         return self.joins.merge_clinical(key, msg.clinical, convert.merge_clinical)[1]
 
     def __call__(self, events: Sequence[Event]) -> list[BaseException | None]:
+        """One result per event; Triton, database or broker outages come back as ``DependencyUnavailable``
+        (the consumer waits for them without spending attempts)."""
+        return batch.handle_outages(self._handle, events)
+
+    def _handle(self, events: Sequence[Event]) -> list[BaseException | None]:
         results: list[BaseException | None] = [None] * len(events)
         ready = []
         for i, event in enumerate(events):

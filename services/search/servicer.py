@@ -20,7 +20,7 @@ from cxrmesh.contracts.tensors import EMBED_DIM
 from cxrmesh.dicom.admit import process_dicom
 from cxrmesh.dicom.rejection import DicomRejected
 from cxrmesh.runtime.blobs import NPY, array_bytes, open_blob_store
-from cxrmesh.runtime.triton import TritonClient, TritonError
+from cxrmesh.runtime.triton import TritonClient, TritonUnavailable
 from cxrmesh.search.errors import InvalidQuery, StoreUnavailable
 from cxrmesh.search.errors import NotFound as StoreNotFound
 from cxrmesh.search.store import CaseFilter, CaseStore, Neighbour
@@ -124,7 +124,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         """The embedder Triton serves now: raw embeddings are compared within its space."""
         try:
             version = self.triton.model_version(self.settings.embed_model)
-        except TritonError as exc:
+        except TritonUnavailable as exc:  # a refusal (TritonRejected) is a bug, answered INTERNAL
             raise Unavailable("triton_unavailable", f"cannot tell the embedder version: {exc}") from exc
         return common_pb2.ModelVersion(name=self.settings.embed_model, version=version)
 
@@ -137,7 +137,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             emb, att = batch.embed_images(
                 self.triton, self.settings.embed_model, [norm.display.astype(np.float32)]
             )
-        except TritonError as exc:
+        except TritonUnavailable as exc:
             raise Unavailable("triton_unavailable", f"the embedder does not answer: {exc}") from exc
         ref = self.blobs.put(array_bytes(att[0, 0].astype(np.float32)), NPY)
         return emb[0], ref, self._current_model(), deid.patient_key

@@ -15,6 +15,7 @@ from cxrmesh.contracts import convert, topics
 from cxrmesh.runtime.kafka import Event
 from cxrmesh.search.errors import StoreError
 from cxrmesh.search.store import CaseRecord, CaseStore
+from cxrmesh.services import batch
 from cxrmesh.v1 import common_pb2, events_pb2
 
 
@@ -42,12 +43,16 @@ def record_from_event(event: events_pb2.StudyEmbedded) -> CaseRecord:
 
 
 class SearchWorker:
-    """Kafka handler for StudyEmbedded and ClinicalUpdated."""
+    """Kafka handler for StudyEmbedded and ClinicalUpdated; Milvus not answering (``StoreUnavailable``)
+    comes back as ``DependencyUnavailable``: the consumer waits for it without spending attempts."""
 
     def __init__(self, store: CaseStore):
         self.store = store
 
     def __call__(self, events: Sequence[Event]) -> list[BaseException | None]:
+        return batch.handle_outages(self._handle, events)
+
+    def _handle(self, events: Sequence[Event]) -> list[BaseException | None]:
         results: list[BaseException | None] = [None] * len(events)
         embedded = [(i, e) for i, e in enumerate(events) if e.topic == topics.STUDY_EMBEDDED]
         if embedded:

@@ -19,6 +19,7 @@ from cxrmesh.contracts.errors import InvalidArgument, NotFound
 from cxrmesh.runtime.grpc_server import ServiceRuntime
 from cxrmesh.runtime.kafka import Event
 from cxrmesh.runtime.tls import open_channel
+from cxrmesh.services import batch
 from cxrmesh.services.flow import FLOW
 from cxrmesh.services.stage import GrpcApi, StageService
 from cxrmesh.services.studyview.settings import StudyViewSettings
@@ -31,6 +32,11 @@ class ViewWorker:
         self.store = store
 
     def __call__(self, events: Sequence[Event]) -> list[BaseException | None]:
+        """None per event; the database not answering comes back as ``DependencyUnavailable`` (the
+        consumer waits for it without spending attempts, so no stage is marked by an outage)."""
+        return batch.handle_outages(self._record, events)
+
+    def _record(self, events: Sequence[Event]) -> list[BaseException | None]:
         for event in events:
             msg = event.message
             if event.topic == topics.DEAD_LETTER:

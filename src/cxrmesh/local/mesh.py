@@ -48,6 +48,7 @@ from cxrmesh.runtime.health_probe import health_status
 from cxrmesh.runtime.tls import PLAINTEXT_WARNING, TlsFiles, https_context, open_channel
 
 if TYPE_CHECKING:
+    from cxrmesh.local.s3 import S3Target
     from cxrmesh.runtime.db import Database
     from cxrmesh.search.tls import MilvusTLS
 
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
 SERVICES = ("ingestion", "embedding", "search", "segmentation", "quantification", "prognosis", "studyview")
 DATABASES = ("sqlite", "postgres")
 MILVUS_KINDS = ("lite", "server")
+BROKER_STORAGE = ("memory", "s3")  # s3: the journalled local S3 keeps every message across restarts
 STATE = "mesh.json"
 PKI = "pki"
 log = logging.getLogger(__name__)
@@ -67,7 +69,7 @@ class Proc:
     log: str
     endpoint: str = ""  # host:port of its main API
     metrics: str = ""  # http URL of its /metrics
-    kind: str = "service"  # broker | database | milvus | triton | service
+    kind: str = "service"  # broker | storage | database | milvus | triton | service
     replica: int = 0  # which of the service's replicas
 
 
@@ -166,6 +168,17 @@ class MeshError(RuntimeError):
     pass
 
 
+@dataclass
+class Launch:
+    """How the supervisor that started a process starts it again (kept in memory: env holds secrets)."""
+
+    label: str  # its log file's name
+    argv: list[str]
+    env: dict[str, str]
+    ready: Callable[[], bool]
+    after: Callable[[], None] = lambda: None  # once ready (e.g. the Milvus server's password check)
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -204,6 +217,8 @@ class Mesh:
         database: str = "sqlite",
         milvus: str = "lite",
         partitions: int = PARTITIONS,
+        service_replicas: Mapping[str, int] | None = None,
+        broker_storage: str = "memory",
     ):
         self.home = Path(home).resolve()
         self.insecure = insecure
@@ -221,6 +236,16 @@ class Mesh:
         if unknown:
             raise MeshError(f"unknown services {sorted(unknown)}; choose from {', '.join(SERVICES)}")
         self.services = [s for s in SERVICES if s in services]
+        self.service_replicas = dict(service_replicas or {})
+        if broker_storage not in BROKER_STORAGE:
+            choices = ", ".join(BROKER_STORAGE)
+            raise MeshError(f"unknown broker storage {broker_storage!r}; choose from {choices}")
+        self.broker_storage = broker_storage
+        self._launches: dict[tuple[str, int], Launch] = {}
+
+    def replicas_of(self, name: str) -> int:
+        """How many replicas of service ``name`` run (``replicas``, or its own count)."""
+        return self.service_replicas.get(name, self.replicas)
 
     # ------------------------------------------------------------------ helpers
     def _port(self, documented: int) -> int:
@@ -325,24 +350,48 @@ class Mesh:
 
     def _start_broker(self, state: MeshState, timeout_s: float, progress: Callable[[str], None]) -> None:
         from cxrmesh.contracts.topics import all_topics
-        from cxrmesh.local.broker import ensure_topics, find_tansu, tansu_command
+        from cxrmesh.local.broker import broker_launch, ensure_topics, find_tansu
 
+        storage = self._start_s3(state, timeout_s, progress) if self.broker_storage == "s3" else None
         port = self._port(KAFKA)
-        argv = tansu_command(find_tansu(), port, "cxrmesh-local")
-        progress(f"kafka-protocol broker on 127.0.0.1:{port}")
-        proc, log = self._spawn("broker", argv)
+        argv, env = broker_launch(find_tansu(), port, "cxrmesh-local", storage)
+        progress(f"kafka-protocol broker on 127.0.0.1:{port} ({self.broker_storage} storage)")
+        proc, log = self._spawn("broker", argv, env)
         state.kafka = f"127.0.0.1:{port}"
         state.procs.append(Proc("broker", proc.pid, str(log), state.kafka, kind="broker"))
         state.save()
+        kafka = state.kafka
 
         def topics_ready() -> bool:
             try:
-                ensure_topics(state.kafka, all_topics(self.partitions), timeout_s=5)
+                ensure_topics(kafka, all_topics(self.partitions), timeout_s=5)
                 return True
             except Exception:  # not up yet
                 return False
 
+        self._launches[("broker", 0)] = Launch("broker", argv, env, topics_ready)
         self._wait("broker", proc, log, topics_ready, timeout_s)
+
+    def _start_s3(self, state: MeshState, timeout_s: float, progress: Callable[[str], None]) -> S3Target:
+        """The broker's durable store: the journalled local S3 keeping its data in <home>/s3."""
+        from cxrmesh.local.s3 import S3Target, credentials, ensure_bucket, s3_server_command
+
+        data = self.home / "s3"
+        port = free_port()
+        argv, env = s3_server_command(data, port)
+        key, secret = credentials(data)
+        target = S3Target(f"http://127.0.0.1:{port}", key, secret)
+
+        def ready() -> bool:
+            return ensure_bucket(target, timeout_s=2)  # answers, and the bucket exists (made if missing)
+
+        progress(f"local s3 (the broker's storage) on 127.0.0.1:{port}")
+        proc, log = self._spawn("s3", argv, env)
+        self._launches[("s3", 0)] = Launch("s3", argv, env, ready)
+        state.procs.append(Proc("s3", proc.pid, str(log), target.endpoint, kind="storage"))
+        state.save()
+        self._wait("local s3", proc, log, ready, timeout_s)
+        return target
 
     def _start_postgres(self, state: MeshState, timeout_s: float, progress: Callable[[str], None]) -> None:
         """A throwaway PostgreSQL cluster in <home>/postgres: password auth, TLS unless insecure."""
@@ -355,6 +404,7 @@ class Mesh:
         pg.init()
         progress(f"postgresql on 127.0.0.1:{pg.port}")
         proc, log = self._spawn("postgres", pg.command())
+        self._launches[("postgres", 0)] = Launch("postgres", pg.command(), {}, pg.ready)
         state.database_url = pg.url()
         state.database_password_file = str(pg.password_file)
         state.procs.append(Proc("postgres", proc.pid, str(log), f"127.0.0.1:{pg.port}", kind="database"))
@@ -371,6 +421,9 @@ class Mesh:
         argv = milvus_lite_command(self.home / "milvus", port)
         progress(f"milvus lite on 127.0.0.1:{port}")
         proc, log = self._spawn("milvus", argv)
+        self._launches[("milvus", 0)] = Launch(
+            "milvus", argv, {}, lambda: accepts_connections("127.0.0.1", port)
+        )
         state.milvus = f"http://127.0.0.1:{port}"
         state.procs.append(Proc("milvus", proc.pid, str(log), state.milvus, kind="milvus"))
         state.save()
@@ -391,6 +444,9 @@ class Mesh:
         )
         progress(f"milvus server on 127.0.0.1:{port}")
         proc, log = self._spawn("milvus", server.command())
+        self._launches[("milvus", 0)] = Launch(
+            "milvus", server.command(), {}, server.healthy, lambda: server.secure(timeout_s)
+        )
         state.milvus = server.uri
         state.milvus_token_file = str(server.token_file)
         state.procs.append(Proc("milvus", proc.pid, str(log), state.milvus, kind="milvus"))
@@ -401,7 +457,6 @@ class Mesh:
     def _start_triton(self, state: MeshState, timeout_s: float, progress: Callable[[str], None]) -> None:
         from cxrmesh.local.triton_server import server_command
         from cxrmesh.ml.repository import model_repository
-        from cxrmesh.runtime.triton import TritonClient
 
         http, grpc_port, metrics = (self._port(p) for p in (TRITON_HTTP, TRITON_GRPC, TRITON_METRICS))
         # explicit model control: operators (and the failure tests) can unload/reload a model live
@@ -411,6 +466,7 @@ class Mesh:
         argv, env = server_command(repository, http, grpc_port, metrics, explicit=True, tls=tls, http=False)
         progress(f"tritonserver (CPU profile) on 127.0.0.1:{grpc_port}")
         proc, log = self._spawn("triton", argv, env)
+        self._launches[("triton", 0)] = Launch("triton", argv, dict(env), self._triton_ready(state))
         state.triton = f"127.0.0.1:{grpc_port}"
         state.procs.append(
             Proc(
@@ -423,17 +479,28 @@ class Mesh:
             )
         )
         state.save()
-        client = TritonClient(state.triton, timeout_s=5, attempts=1, tls=state.tls())
-        try:
-            self._wait("tritonserver", proc, log, client.ready, timeout_s)
-        finally:
-            client.close()
+        self._wait("tritonserver", proc, log, self._triton_ready(state), timeout_s)
+
+    @staticmethod
+    def _triton_ready(state: MeshState) -> Callable[[], bool]:
+        from cxrmesh.runtime.triton import TritonClient
+
+        url, tls = state.triton, state.tls()
+
+        def ready() -> bool:
+            client = TritonClient(url, timeout_s=5, attempts=1, tls=tls)
+            try:
+                return client.ready()
+            finally:
+                client.close()
+
+        return ready
 
     def _start_service(
         self, state: MeshState, name: str, timeout_s: float, progress: Callable[[str], None]
     ) -> None:
         """Start every replica of ``name`` at once, then wait until each is SERVING."""
-        started = [self._spawn_replica(state, name, r, progress) for r in range(self.replicas)]
+        started = [self._spawn_replica(state, name, r, progress) for r in range(self.replicas_of(name))]
         state.save()
         tls = state.tls()
         for replica, (proc, log, endpoint) in enumerate(started):
@@ -441,7 +508,7 @@ class Mesh:
             def serving(endpoint: str = endpoint) -> bool:
                 return grpc_health(endpoint, 1.0, tls) == "SERVING"
 
-            what = f"{name} service" + (f" replica {replica}" if self.replicas > 1 else "")
+            what = f"{name} service" + (f" replica {replica}" if self.replicas_of(name) > 1 else "")
             self._wait(what, proc, log, serving, timeout_s)
 
     def _spawn_replica(
@@ -469,10 +536,16 @@ class Mesh:
             "PYTHONUNBUFFERED": "1",
             **self.env,
         }
-        label = name if self.replicas == 1 else f"{name}-{replica}"
-        progress(f"{name} service{f' replica {replica}' if self.replicas > 1 else ''} on 127.0.0.1:{port}")
-        proc, log = self._spawn(label, [sys.executable, "-m", f"cxrmesh.services.{name}"], env)
+        several = self.replicas_of(name) > 1
+        label = f"{name}-{replica}" if several else name
+        progress(f"{name} service{f' replica {replica}' if several else ''} on 127.0.0.1:{port}")
+        argv = [sys.executable, "-m", f"cxrmesh.services.{name}"]
+        proc, log = self._spawn(label, argv, env)
         endpoint = f"127.0.0.1:{port}"
+        tls = state.tls()
+        self._launches[(name, replica)] = Launch(
+            label, argv, env, lambda: grpc_health(endpoint, 1.0, tls) == "SERVING"
+        )
         scheme = "http" if self.insecure else "https"
         metrics_url = f"{scheme}://127.0.0.1:{metrics}/metrics"
         state.procs.append(Proc(name, proc.pid, str(log), endpoint, metrics_url, replica=replica))
@@ -520,11 +593,39 @@ class Mesh:
     def stop_replica(self, name: str, replica: int, grace_s: float = 20) -> bool:
         """Stop one replica of a service (SIGTERM: it drains, its consumer group rebalances); the
         rest of the mesh keeps running. False if it was not running."""
+        return _stop(self._proc(MeshState.load(self.home), name, replica), grace_s)
+
+    def kill(self, name: str, replica: int = 0) -> None:
+        """SIGKILL one process of the mesh (its whole session): no drain, no goodbye; for fault tests."""
+        proc = self._proc(MeshState.load(self.home), name, replica)
+        if alive(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+            while alive(proc.pid):
+                time.sleep(0.05)
+
+    def restart(self, name: str, replica: int = 0, timeout_s: float = 300) -> None:
+        """Start a stopped (or killed) process again as it was started: same ports, data and
+        settings; returns once it is ready. Only the ``Mesh`` that ran ``up`` knows how (the
+        settings hold secrets, so they are not written to ``mesh.json``)."""
+        launch = self._launches.get((name, replica))
+        if launch is None:
+            raise MeshError(f"{name}[{replica}] was not started by this supervisor; restart the mesh")
         state = MeshState.load(self.home)
-        procs = [p for p in (state.procs if state else []) if p.name == name and p.replica == replica]
-        if not procs:
-            raise MeshError(f"no replica {replica} of {name} in the mesh in {self.home}")
-        return _stop(procs[0], grace_s)
+        proc = self._proc(state, name, replica)
+        if alive(proc.pid):
+            raise MeshError(f"{name}[{replica}] is still running (pid {proc.pid})")
+        child, log = self._spawn(launch.label, launch.argv, launch.env)
+        proc.pid = child.pid
+        assert state is not None
+        state.save()
+        self._wait(f"{name}[{replica}]", child, log, launch.ready, timeout_s)
+        launch.after()
+
+    def _proc(self, state: MeshState | None, name: str, replica: int) -> Proc:
+        for p in state.procs if state else []:
+            if p.name == name and p.replica == replica:
+                return p
+        raise MeshError(f"no {name}[{replica}] in the mesh in {self.home}")
 
     def status(self) -> list[dict[str, str]]:
         state = MeshState.load(self.home)
@@ -539,7 +640,7 @@ class Mesh:
                 health = "RUNNING" if up else "STOPPED"
             rows.append(
                 {
-                    "name": _label(p, state.replicas),
+                    "name": _label(p, state),
                     "pid": str(p.pid),
                     "endpoint": p.endpoint,
                     "health": health,
@@ -549,9 +650,10 @@ class Mesh:
         return rows
 
 
-def _label(proc: Proc, replicas: int) -> str:
+def _label(proc: Proc, state: MeshState) -> str:
     """How status names a process: a service with its replica number when it has several."""
-    return f"{proc.name}[{proc.replica}]" if proc.kind == "service" and replicas > 1 else proc.name
+    several = sum(p.name == proc.name for p in state.procs) > 1
+    return f"{proc.name}[{proc.replica}]" if proc.kind == "service" and several else proc.name
 
 
 def _stop(proc: Proc, grace_s: float) -> bool:

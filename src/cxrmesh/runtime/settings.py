@@ -58,6 +58,9 @@ class ServiceSettings(BaseSettings):
     kafka_heartbeat_ms: int = 3000
     kafka_max_batch: int = Field(16, ge=1)
     kafka_max_attempts: int = Field(5, ge=1)
+    kafka_unavailable_max_s: float = Field(
+        900.0, ge=0, description="a dependency outage is waited out this long before attempts count"
+    )
     kafka_request_timeout_ms: int = Field(
         30000, ge=1000, description="also bounds a send while Kafka is away"
     )
@@ -127,6 +130,7 @@ class ServiceSettings(BaseSettings):
             group_id=group,
             max_batch=min(self.kafka_max_batch, max_batch or self.kafka_max_batch),
             max_attempts=self.kafka_max_attempts,
+            unavailable_max_s=self.kafka_unavailable_max_s,
             session_timeout_ms=self.kafka_session_timeout_ms,
             heartbeat_interval_ms=self.kafka_heartbeat_ms,
             request_timeout_ms=self.kafka_request_timeout_ms,

@@ -1,7 +1,9 @@
 """Each stage's latest result per study, in the mesh database, so any replica's Get RPC answers it.
 
 A replica writes the result it produced (idempotent overwrite on redelivery) before publishing it;
-whichever replica a Get lands on reads the same row.
+whichever replica a Get lands on reads the same row. ``deliveries`` counts the writes of a row: more
+than one means the study's event was handled again (an at-least-once redelivery or a re-drive),
+which the fault suite reports.
 """
 
 from __future__ import annotations
@@ -34,8 +36,10 @@ class ResultTable(Generic[M]):
                     "study_key": key,
                     "message": message.SerializeToString(),
                     "updated_at": time.time(),
+                    "deliveries": 1,
                 },
                 key=("service", "study_key"),
+                increment=("deliveries",),
             )
 
     def get(self, key: str) -> M | None:

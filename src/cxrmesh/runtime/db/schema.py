@@ -24,7 +24,8 @@ KEY = String(128)  # a study pseudonym (64 hex today), with room
 # a 64-bit id that still auto-increments on SQLite (which does so only for INTEGER PRIMARY KEY)
 ID = BigInteger().with_variant(Integer(), "sqlite")
 
-# ingestion: one row per accepted study (dedup) ...
+# ingestion: one row per accepted study (dedup), with its reconciler's bookkeeping: re-drives so far,
+# when it may next be re-driven (NULL: settled, no longer watched) and when the reconciler gave up ...
 studies = Table(
     "studies",
     metadata,
@@ -32,6 +33,21 @@ studies = Table(
     Column("patient_key", KEY, nullable=False),
     Column("ingested_at", Float, nullable=False),
     Column("event", LargeBinary, nullable=False),
+    Column("redrives", Integer, nullable=False, server_default="0"),
+    Column("redrive_after", Float, server_default="0"),
+    Column("stuck_since", Float),
+)
+Index(
+    "studies_redrive_due",
+    studies.c.redrive_after,
+    sqlite_where=studies.c.redrive_after.is_not(None),
+    postgresql_where=studies.c.redrive_after.is_not(None),
+)
+Index(
+    "studies_stuck",
+    studies.c.stuck_since,
+    sqlite_where=studies.c.stuck_since.is_not(None),
+    postgresql_where=studies.c.stuck_since.is_not(None),
 )
 
 # ... and the transactional outbox its relays publish (claimed under a lease: one relay per row)
@@ -64,6 +80,7 @@ stage_results = Table(
     Column("study_key", KEY, primary_key=True),
     Column("message", LargeBinary, nullable=False),
     Column("updated_at", Float, nullable=False),
+    Column("deliveries", Integer, nullable=False, server_default="1"),  # writes: >1 = handled again
 )
 
 # prognosis: the three inputs of the head, met per study whatever replica each arrived at

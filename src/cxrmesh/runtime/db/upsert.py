@@ -21,16 +21,18 @@ def upsert(
     key: Sequence[str],
     update: Sequence[str] | None = None,
     returning: Sequence[Column] = (),
+    increment: Sequence[str] = (),
 ) -> CursorResult:
-    """Insert ``values``; on a ``key`` conflict set the ``update`` columns (default: all but the key;
-    an empty list keeps the existing row). ``returning``: columns of the row as it is afterwards."""
+    """Insert ``values``; on a ``key`` conflict set the ``update`` columns (default: all but the key
+    and ``increment``; an empty list keeps the existing row) and add one to each ``increment``
+    column (a counter such as deliveries). ``returning``: columns of the row as it is afterwards."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     stmt = dialect.insert(table).values(**values)
-    columns = [c for c in values if c not in key] if update is None else list(update)
-    if columns:
-        stmt = stmt.on_conflict_do_update(
-            index_elements=list(key), set_={c: stmt.excluded[c] for c in columns}
-        )
+    columns = [c for c in values if c not in key and c not in increment] if update is None else list(update)
+    set_: dict[str, Any] = {c: stmt.excluded[c] for c in columns}
+    set_.update({c: table.c[c] + 1 for c in increment})
+    if set_:
+        stmt = stmt.on_conflict_do_update(index_elements=list(key), set_=set_)
     else:
         stmt = stmt.on_conflict_do_nothing(index_elements=list(key))
     if returning:

@@ -12,6 +12,7 @@ from cxrmesh.runtime.kafka.config import KafkaConfig
 from cxrmesh.runtime.kafka.consumer import Consumer
 from cxrmesh.runtime.kafka.errors import (
     DeadLetterError,
+    DependencyUnavailable,
     HandlerContractError,
     KafkaConfigError,
     KafkaRuntimeError,
@@ -29,6 +30,7 @@ __all__ = [
     "CONTENT_TYPE_HEADER",
     "Consumer",
     "DeadLetterError",
+    "DependencyUnavailable",
     "Event",
     "EventProducer",
     "Handler",

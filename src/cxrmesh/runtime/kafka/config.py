@@ -17,8 +17,11 @@ class KafkaConfig:
 
     ``max_attempts`` counts handler calls per message (1 = no retry). ``backoff_*`` bound the wait
     between attempts (exponential, jittered). ``max_batch`` is the most events per handler call.
-    ``idempotence`` None means: on when the broker answers InitProducerId. ``security`` is how every
-    client of this config authenticates (``client_kwargs`` gives what kafka-python receives).
+    ``unavailable_max_s`` is how long a message whose handler answers ``DependencyUnavailable`` is
+    retried without spending attempts (an outage of Triton or storage must not dead-letter the studies
+    in flight); 0 makes those failures count like any other. ``idempotence`` None means: on when the
+    broker answers InitProducerId. ``security`` is how every client of this config authenticates
+    (``client_kwargs`` gives what kafka-python receives).
     """
 
     bootstrap: str
@@ -41,6 +44,7 @@ class KafkaConfig:
     delivery_timeout_ms: int = 120000
     idempotence: bool | None = None
     lag_interval_s: float = 15.0
+    unavailable_max_s: float = 900.0  # DependencyUnavailable: retried without spending attempts
     security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
     def __post_init__(self) -> None:
@@ -51,6 +55,8 @@ class KafkaConfig:
             problems.append("max_attempts must be >= 1")
         if self.backoff_initial_s < 0 or self.backoff_max_s < self.backoff_initial_s:
             problems.append("need 0 <= backoff_initial_s <= backoff_max_s")
+        if self.unavailable_max_s < 0:
+            problems.append("unavailable_max_s must be >= 0")
         if self.max_batch < 1:
             problems.append("max_batch must be >= 1")
         if self.heartbeat_interval_ms >= self.session_timeout_ms:

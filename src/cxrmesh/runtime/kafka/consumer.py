@@ -9,6 +9,15 @@ Delivery contract (why the code looks the way it does):
   consumer pauses its partitions and keeps polling, so it stays in the group and rebalances
   proceed. After ``max_attempts`` (or at once for :class:`PermanentError` and undecodable
   messages) a ``cxrmesh.v1.DeadLetter`` goes to the dead-letter topic (see ``dead_letter``).
+* A :class:`DependencyUnavailable` result (Triton, storage, Milvus, the database or the broker is
+  down) is not the message's fault: it is retried with the same capped, jittered backoff but spends
+  no attempt, until the dependency has been unavailable for ``unavailable_max_s`` since the
+  message's first such failure; from then on it counts like any failure (and its dead letter says
+  how long the dependency was away). An outage therefore delays studies instead of failing them,
+  and the partition's place is kept: nothing after the waiting message is committed.
+* When ``stop`` is set (SIGTERM) the handler call in progress finishes, its successes are
+  committed, and pending retries are dropped rather than waited for: those messages are not
+  committed, so the group's next consumer gets them again.
 * Keys are study pseudonyms: they never reach a log line or a metric label. Logs carry topic,
   partition and offset; metrics carry topic, group, partition and outcome.
 """
@@ -33,7 +42,12 @@ from cxrmesh.runtime.kafka.backoff import backoff_s
 from cxrmesh.runtime.kafka.batch import PolledBatch
 from cxrmesh.runtime.kafka.config import KafkaConfig
 from cxrmesh.runtime.kafka.dead_letter import DeadLetterWriter, Failure
-from cxrmesh.runtime.kafka.errors import KafkaConfigError, KafkaUnavailableError, PermanentError
+from cxrmesh.runtime.kafka.errors import (
+    DependencyUnavailable,
+    KafkaConfigError,
+    KafkaUnavailableError,
+    PermanentError,
+)
 from cxrmesh.runtime.kafka.events import Event, Handler, call_handler, decode_record
 from cxrmesh.runtime.kafka.lag import LagGauge
 from cxrmesh.runtime.kafka.metrics import handle_seconds, messages_total
@@ -107,6 +121,7 @@ class Consumer:
         self._holding = False
         self._rebalanced = False
         self._assignment: frozenset[TopicPartition] = frozenset()
+        self._stop = threading.Event()  # replaced by run()'s: ends retry waits early
         self._messages = messages_total()
         self._handle_time = handle_seconds()
         self._lag = LagGauge(cfg)
@@ -117,13 +132,15 @@ class Consumer:
     def run(self, stop: threading.Event) -> None:
         """Poll until ``stop`` is set, then leave the group; every finished batch is already committed.
 
-        Setting ``stop`` lets the in-flight batch finish (retries included, bounded by
-        ``max_attempts`` and ``backoff_max_s``) and be committed. Raises
+        Setting ``stop`` lets the handler call in progress finish and its finished prefix be
+        committed; retries still pending (a dependency outage can make them long) are dropped, so
+        their messages are redelivered to the group's next consumer. Raises
         :class:`KafkaUnavailableError` when no broker answers at start and :class:`DeadLetterError`
         when the dead-letter topic refuses a message (nothing of that batch is committed).
         """
         if self._consumer is not None:
             raise RuntimeError("Consumer.run may be called once")
+        self._stop = stop
         self._consumer = self._connect()
         self._running = True
         self._last_poll = time.monotonic()
@@ -234,15 +251,18 @@ class Consumer:
             "partitions": ",".join(f"{t.topic}/{t.partition}" for t in sorted(tps)),
         }
 
-    def _hold(self, seconds: float) -> None:
-        """Wait out a backoff while staying in the group: partitions paused, poll keeps running."""
+    def _hold(self, seconds: float, stop: threading.Event | None = None) -> None:
+        """Wait out a backoff while staying in the group: partitions paused, poll keeps running.
+
+        Returns early once ``stop`` is set (handler retries pass the run's stop event; dead-letter
+        waits do not, since their batch must be confirmed before it may be committed)."""
         assert self._consumer is not None
         consumer = self._consumer
         deadline = time.monotonic() + seconds
         with self._lock:
             self._holding = True
         try:
-            while (left := deadline - time.monotonic()) > 0:
+            while (left := deadline - time.monotonic()) > 0 and not (stop is not None and stop.is_set()):
                 consumer.pause(*consumer.assignment())
                 slice_ms = max(1, min(int(left * 1000), self.cfg.poll_timeout_ms))
                 stray = self._poll(slice_ms)
@@ -291,39 +311,71 @@ class Consumer:
     ) -> None:
         group = self.cfg.group_id
         pending = events
+        outages: dict[tuple[int, int], _Outage] = {}  # (partition, offset): its dependency outage so far
         while pending:
             results = self._call_handler(topic, pending)
             retry: list[Event] = []
+            steps: list[int] = []  # per retried event: how far along its backoff is
             give_up: list[Failure] = []
+            waiting: list[str] = []  # error types of the events that wait without spending attempts
             for event, result in zip(pending, results, strict=True):
+                where = (event.partition, event.offset)
                 if result is None:
                     self._messages.labels(topic, group, "ok").inc()
                     batch.done(event.topic, event.partition, event.offset)
-                elif isinstance(result, PermanentError) or event.attempt >= self.cfg.max_attempts:
-                    give_up.append((raw[(event.partition, event.offset)], result, event.attempt))
-                else:
-                    self._messages.labels(topic, group, "retried").inc()
-                    log.info(
-                        "kafka event failed, will retry",
-                        extra={
-                            "topic": event.topic,
-                            "partition": event.partition,
-                            "offset": event.offset,
-                            "group": group,
-                            "attempt": event.attempt,
-                            "error_type": type(result).__name__,
-                        },
-                    )
-                    # decoded again: a handler that changed the message must not see its own edits
-                    fresh = type(event.message).FromString(raw[(event.partition, event.offset)].value)
-                    retry.append(dataclasses.replace(event, message=fresh, attempt=event.attempt + 1))
+                    continue
+                if isinstance(result, DependencyUnavailable) and not isinstance(result, PermanentError):
+                    outage = outages.setdefault(where, _Outage(time.monotonic()))
+                    if outage.within(self.cfg.unavailable_max_s):
+                        outage.waits += 1
+                        waiting.append(type(result).__name__)
+                        self._messages.labels(topic, group, "unavailable").inc()
+                        retry.append(self._again(event, raw, event.attempt))  # no attempt spent
+                        steps.append(outage.waits)
+                        continue
+                    result = outage.expired(result)
+                if isinstance(result, PermanentError) or event.attempt >= self.cfg.max_attempts:
+                    give_up.append((raw[where], result, event.attempt))
+                    continue
+                self._messages.labels(topic, group, "retried").inc()
+                log.info(
+                    "kafka event failed, will retry",
+                    extra={
+                        "topic": event.topic,
+                        "partition": event.partition,
+                        "offset": event.offset,
+                        "group": group,
+                        "attempt": event.attempt,
+                        "error_type": type(result).__name__,
+                    },
+                )
+                retry.append(self._again(event, raw, event.attempt + 1))
+                steps.append(event.attempt)
             if give_up:
                 self._dead_letters.write(give_up, "dead_lettered")
                 for rec, _, _ in give_up:
                     batch.done(rec.topic, rec.partition, rec.offset)
             if not retry:
                 return
-            self._hold(backoff_s(self.cfg, retry[0].attempt - 1))
+            if waiting:
+                log.warning(
+                    "kafka events wait for an unavailable dependency; attempts are not spent",
+                    extra={
+                        "topic": topic,
+                        "group": group,
+                        "count": len(waiting),
+                        "unavailable_s": round(max(o.age() for o in outages.values()), 1),
+                        "error_type": ",".join(sorted(set(waiting))),
+                    },
+                )
+            if not self._stop.is_set():
+                self._hold(backoff_s(self.cfg, max(steps)), self._stop)
+            if self._stop.is_set():  # SIGTERM: not committed, so the group's next consumer gets them
+                log.info(
+                    "kafka retries dropped: stopping; the messages will be redelivered",
+                    extra={"topic": topic, "group": group, "dropped": len(retry)},
+                )
+                return
             owned = self._consumer.assignment() if self._consumer is not None else set()
             pending = [e for e in retry if TopicPartition(e.topic, e.partition) in owned]
             if len(pending) < len(retry):
@@ -331,6 +383,13 @@ class Consumer:
                     "kafka retries dropped: partitions moved to another consumer",
                     extra={"topic": topic, "group": group, "dropped": len(retry) - len(pending)},
                 )
+
+    @staticmethod
+    def _again(event: Event, raw: Mapping[tuple[int, int], Any], attempt: int) -> Event:
+        """The event for its next handler call, decoded again: a handler that changed the message
+        must not see its own edits."""
+        fresh = type(event.message).FromString(raw[(event.partition, event.offset)].value)
+        return dataclasses.replace(event, message=fresh, attempt=attempt)
 
     def _commit(self, batch: PolledBatch) -> None:
         """Commit what is done for the partitions still owned; failures mean redelivery, not loss."""
@@ -361,6 +420,27 @@ class Consumer:
             for tp in batch.open:
                 if tp in owned:
                     self._consumer.seek(tp, batch.commit_offset(tp))
+
+
+@dataclasses.dataclass
+class _Outage:
+    """One message's dependency outage: when it first failed as unavailable, how many waits since."""
+
+    since: float
+    waits: int = 0
+
+    def age(self) -> float:
+        return time.monotonic() - self.since
+
+    def within(self, limit_s: float) -> bool:
+        """Still inside the window in which waiting spends no attempt (0 = no such window)."""
+        return self.age() < limit_s
+
+    def expired(self, cause: DependencyUnavailable) -> DependencyUnavailable:
+        """The error that counts from now on: it says how long the dependency was away, and why."""
+        err = DependencyUnavailable(f"dependency unavailable for {self.age():.0f} s: {cause}")
+        err.__cause__ = cause
+        return err
 
 
 def _offsets_extra(offsets: Mapping[TopicPartition, OffsetAndMetadata]) -> dict[str, str]:

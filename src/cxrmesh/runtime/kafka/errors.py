@@ -1,8 +1,10 @@
-"""The errors the Kafka runtime raises on purpose, and the two a handler uses to say "do not retry".
+"""The errors the Kafka runtime raises on purpose, and the ones a handler uses to steer the retries.
 
 Callers branch on the class: :class:`KafkaConfigError` at construction, :class:`KafkaUnavailableError`
 when no broker answers, :class:`PublishError` for an unacknowledged record, :class:`DeadLetterError`
-when a batch must not be committed. :class:`PermanentError` is the handler's side of the contract.
+when a batch must not be committed. :class:`PermanentError` ("do not retry") and
+:class:`DependencyUnavailable` ("retry, but the content is not at fault") are the handler's side of
+the contract.
 """
 
 from __future__ import annotations
@@ -35,6 +37,17 @@ class DeadLetterError(KafkaRuntimeError):
 
 class PermanentError(Exception):
     """Raised (or returned) by a handler: the content is bad, retrying cannot help; dead-letter now."""
+
+
+class DependencyUnavailable(Exception):
+    """Raised (or returned) by a handler: a dependency (Triton, storage, Milvus, the database, the broker)
+    is down or too slow; retry without spending attempts.
+
+    The consumer waits with the usual backoff and keeps the message's place until the dependency has
+    been unavailable for ``KafkaConfig.unavailable_max_s``; only then do attempts count, so an outage
+    does not dead-letter the studies that happened to be in flight. Keep the original error as
+    ``__cause__`` (``raise DependencyUnavailable(...) from exc``) so the log and the dead letter say why.
+    """
 
 
 class PoisonMessageError(PermanentError):

@@ -15,7 +15,7 @@ _GROUP = ("topic", "group")  # what a consumer's series are labelled by
 
 
 def messages_total() -> Counter:
-    doc = "Consumed messages by outcome (ok, retried, dead_lettered, poison)."
+    doc = "Consumed messages by outcome (ok, retried, unavailable: a dependency wait, dead_lettered, poison)."
     return metric(Counter, "cxrmesh_kafka_messages_total", doc, (*_GROUP, "outcome"))
 
 
