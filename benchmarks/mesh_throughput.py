@@ -23,6 +23,7 @@ of every service buys on this machine, and what PostgreSQL costs against SQLite:
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import threading
 import time
@@ -54,6 +55,7 @@ class Setup:
 def run_mesh(headers: list, args: argparse.Namespace, setup: Setup) -> float:
     """One mesh, all ``headers`` ingested and polled until searchable (or complete); studies per minute."""
     home = Path(tempfile.mkdtemp(prefix="cxrmesh-bench-"))
+    os.chmod(home, 0o711)  # the postgres user must enter it (--scale's PostgreSQL run); inside stays 0700
     env = {"CXRMESH_AUTH_MODE": "off"} if args.auth_off else {}
     services = setup.services or tuple(args.services.split(","))
     mesh = Mesh(
