@@ -14,6 +14,8 @@ import socket
 import threading
 import uuid
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from cxrmesh.runtime import metrics
 from cxrmesh.runtime.kafka import EventProducer
 from cxrmesh.services.ingestion.outbox import Outbox
@@ -38,37 +40,59 @@ def relay(
 
     The lease outlasts a whole batch's confirmation wait (``timeout_s``) twice over, so a live relay's
     rows are never taken over by another replica while it still waits for the broker.
+
+    A database outage costs rounds, not the relay: it waits (doubling up to 5 s) and goes on once the
+    database answers. Events it had published but could not mark sent are published again when their
+    lease ends (a duplicate the consumers absorb), never lost.
     """
     owner = owner or relay_owner()
-    lease_s = 2 * timeout_s + 10
-    backlog = metrics.metric(metrics.Gauge, "cxrmesh_outbox_pending", "Events not yet confirmed by Kafka.")
+    wait = interval_s
     while not stop.is_set():
-        pending = outbox.claim(owner, lease_s=lease_s)
-        backlog.set(outbox.backlog())
-        if not pending:
-            stop.wait(interval_s)
-            continue
-        futures = [
-            (
-                e.id,
-                producer.publish(
-                    e.topic, e.key, _Raw(e.payload), {"content-type": _content_type(e.type_name)}
-                ),
+        try:
+            _round(outbox, producer, stop, owner, timeout_s, interval_s)
+            wait = interval_s
+        except SQLAlchemyError as exc:
+            log.warning(
+                "outbox relay round failed: database unavailable", extra={"error_type": type(exc).__name__}
             )
-            for e in pending
-        ]
-        sent, failed = [], []
-        for event_id, fut in futures:
-            try:
-                fut.get(timeout=timeout_s)
-                sent.append(event_id)
-            except Exception as exc:  # kafka errors of any kind: keep the event, retry later
-                failed.append(event_id)
-                log.warning("outbox publish failed", extra={"error_type": type(exc).__name__})
-        outbox.mark_sent(sent, owner)
-        outbox.mark_failed(failed, owner)
-        if failed:
-            stop.wait(min(5.0, interval_s * 4))
+            stop.wait(wait)
+            wait = min(5.0, max(wait, 0.1) * 2)
+
+
+def _round(
+    outbox: Outbox,
+    producer: EventProducer,
+    stop: threading.Event,
+    owner: str,
+    timeout_s: float,
+    interval_s: float,
+) -> None:
+    """One claim, publish and confirm round (waits ``interval_s`` when nothing is pending)."""
+    backlog = metrics.metric(metrics.Gauge, "cxrmesh_outbox_pending", "Events not yet confirmed by Kafka.")
+    pending = outbox.claim(owner, lease_s=2 * timeout_s + 10)
+    backlog.set(outbox.backlog())
+    if not pending:
+        stop.wait(interval_s)
+        return
+    futures = [
+        (
+            e.id,
+            producer.publish(e.topic, e.key, _Raw(e.payload), {"content-type": _content_type(e.type_name)}),
+        )
+        for e in pending
+    ]
+    sent, failed = [], []
+    for event_id, fut in futures:
+        try:
+            fut.get(timeout=timeout_s)
+            sent.append(event_id)
+        except Exception as exc:  # kafka errors of any kind: keep the event, retry later
+            failed.append(event_id)
+            log.warning("outbox publish failed", extra={"error_type": type(exc).__name__})
+    outbox.mark_sent(sent, owner)
+    outbox.mark_failed(failed, owner)
+    if failed:
+        stop.wait(min(5.0, interval_s * 4))
 
 
 def _content_type(type_name: str) -> str:

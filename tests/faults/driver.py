@@ -26,7 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from cxrmesh.client import ingest_bytes
 from cxrmesh.local.mesh import Mesh, MeshState, grpc_health
-from cxrmesh.runtime.db.schema import stage_results, view_stages
+from cxrmesh.runtime.db.schema import stage_results, studies, view_stages
 from cxrmesh.v1 import ingestion_pb2_grpc, studyview_pb2
 
 STAGE_COUNT = 5  # ingested, embedded, segmented, quantified, prognosis (services/studyview/store.py)
@@ -56,8 +56,11 @@ class KillRecord:
     at: float
     down_s: float
     healthy_s: float = float("nan")  # kill -> every process healthy again
-    drained_s: float = float("nan")  # kill -> every study acknowledged before the kill settled
+    drained_s: float = float("nan")  # kill -> the last study in flight at the kill settled
     acked_before: int = 0
+    in_flight: int = 0  # acknowledged before the kill, settled after it
+    wall: float = 0.0  # time.time() of the kill (the study view's clock)
+    acked_keys: tuple[str, ...] = ()
     error: str = ""
 
 
@@ -73,7 +76,8 @@ class Outcome:
     lost: list[str] = field(default_factory=list)
     duplicate_rows: int = 0
     milvus_entities: int = 0
-    deliveries: dict[str, int] = field(default_factory=dict)  # service -> result writes
+    redelivered: dict[str, int] = field(default_factory=dict)  # service -> result writes beyond one a study
+    redriven: int = 0  # re-drives by the reconciler (studies.redrives, summed)
     wall_s: float = 0.0
 
 
@@ -168,8 +172,13 @@ def retrying(what: Callable[[], object], timeout_s: float = 120) -> object:
             time.sleep(1)
 
 
-def all_healthy(mesh: Mesh) -> bool:
-    return all(row["health"] in ("SERVING", "RUNNING") for row in mesh.status())
+def unhealthy(mesh: Mesh) -> list[str]:
+    """The processes of the mesh not serving (stopped, or a service's health NOT_SERVING)."""
+    return [
+        f"{row['name']} {row['health']}"
+        for row in mesh.status()
+        if row["health"] not in ("SERVING", "RUNNING")
+    ]
 
 
 class FaultDriver:
@@ -198,24 +207,22 @@ class FaultDriver:
             time.sleep(self.random.uniform(*gap_s))
             label = name if replica == 0 and not self._replicated(name) else f"{name}[{replica}]"
             rec = KillRecord(label, time.monotonic() - start, self.random.uniform(*down_s))
-            before = sender.acked_keys()
-            rec.acked_before = len(before)
+            rec.acked_keys = tuple(sender.acked_keys())
+            rec.acked_before, rec.wall = len(rec.acked_keys), time.time()
             killed = time.monotonic()
             log(f"t={rec.at:6.1f}s kill -9 {label} ({rec.acked_before} acknowledged so far)")
             self.mesh.kill(name, replica)
             time.sleep(rec.down_s)
             try:
                 self.mesh.restart(name, replica, timeout_s=300)
-                while not all_healthy(self.mesh):
+                while bad := unhealthy(self.mesh):
                     time.sleep(0.5)
-                    if time.monotonic() - killed > 300:
-                        raise TimeoutError("not every process healthy 300 s after the restart")
+                    if time.monotonic() - killed > 180:
+                        raise TimeoutError(f"not healthy 180 s after the restart: {', '.join(bad)}")
                 rec.healthy_s = time.monotonic() - killed
-                self._drain(before, killed + drain_timeout_s)
-                rec.drained_s = time.monotonic() - killed
             except Exception as exc:  # recorded and reported; the checks at the end decide
                 rec.error = f"{type(exc).__name__}: {exc}"
-            log(f"         {label}: healthy after {rec.healthy_s:.1f} s, drained after {rec.drained_s:.1f} s")
+            log(f"         {label}: healthy after {rec.healthy_s:.1f} s")
             out.kills.append(rec)
         sender.done.wait()
         keys = sender.acked_keys()
@@ -242,19 +249,35 @@ class FaultDriver:
         db = self.state.database()
         try:
             with db.read() as conn:
-                r = stage_results.c
+                r, s, v = stage_results.c, studies.c, view_stages.c
+                mine = r.study_key.in_(keys)
                 rows = conn.execute(
-                    select(r.service, func.count(), func.count(r.study_key.distinct())).group_by(r.service)
+                    select(
+                        r.service, func.count(), func.count(r.study_key.distinct()), func.sum(r.deliveries)
+                    )
+                    .where(mine)
+                    .group_by(r.service)
                 ).all()
-                out.duplicate_rows = sum(n - distinct for _, n, distinct in rows)
-                out.deliveries = {
-                    service: int(n)
-                    for service, n in conn.execute(
-                        select(r.service, func.sum(r.deliveries)).group_by(r.service)
+                out.duplicate_rows = sum(n - distinct for _, n, distinct, _ in rows)
+                out.redelivered = {service: int(writes) - int(n) for service, n, _, writes in rows}
+                out.redriven = int(
+                    conn.execute(
+                        select(func.coalesce(func.sum(s.redrives), 0)).where(s.study_key.in_(keys))
+                    ).scalar_one()
+                )
+                settled_at = dict(
+                    conn.execute(
+                        select(v.study_key, func.max(v.updated_at))
+                        .where(v.study_key.in_(keys))
+                        .group_by(v.study_key)
                     ).all()
-                }
+                )
         finally:
             db.close()
+        for rec in out.kills:  # in flight at the kill: acknowledged before it, settled after it
+            after = [settled_at[k] for k in rec.acked_keys if settled_at.get(k, 0) > rec.wall]
+            rec.in_flight = len(after)
+            rec.drained_s = max(after) - rec.wall if after else 0.0
 
 
 def health_of(state: MeshState, name: str, replica: int = 0) -> str:

@@ -25,7 +25,6 @@ def _s(x: float) -> str:
 def table(out: Outcome, extra: dict[str, str]) -> str:
     """Markdown: the run's totals, then one row per component killed."""
     acked = len(out.acked)
-    redelivered = {svc: n - out.complete for svc, n in out.deliveries.items()}
     lines = [
         f"Run of {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.node() or 'this machine'} "
         f"({platform.machine()}, {_cores()} cores); seed **{out.seed}** (replay: "
@@ -39,20 +38,20 @@ def table(out: Outcome, extra: dict[str, str]) -> str:
         f"| {out.sent} | {acked} | {out.complete} | {len(out.failed)} | **{len(out.lost)}** "
         f"| **{out.duplicate_rows}** | {sum(out.refused.values())} |",
         "",
-        "Duplicate deliveries (a stage handled a study's event more than once: at-least-once "
-        "redelivery after a kill, or a re-drive), per stage: "
-        + (", ".join(f"{svc} {max(0, n)}" for svc, n in sorted(redelivered.items())) or "none")
-        + ". Ingest calls retried by the sender: "
+        "Duplicate deliveries (a stage handled a study's event again: at-least-once redelivery "
+        "after a kill, or a re-drive; absorbed, one row each), per stage: "
+        + (", ".join(f"{svc} {n}" for svc, n in sorted(out.redelivered.items())) or "none")
+        + f". Studies re-driven by the reconciler: {out.redriven}. Ingest calls retried by the sender: "
         + f"{sum(a.tries - 1 for a in out.acked)}.",
         "",
-        "| component killed (SIGKILL) | at (s) | down (s) | acknowledged before | kill → healthy (s) "
-        "| kill → backlog drained (s) | note |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| component killed (SIGKILL) | at (s) | down (s) | acknowledged before | in flight "
+        "| kill → healthy (s) | kill → in-flight settled (s) | note |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for k in out.kills:
         lines.append(
-            f"| {k.component} | {k.at:.0f} | {k.down_s:.1f} | {k.acked_before} | {_s(k.healthy_s)} "
-            f"| {_s(k.drained_s)} | {k.error or ''} |"
+            f"| {k.component} | {k.at:.0f} | {k.down_s:.1f} | {k.acked_before} | {k.in_flight} "
+            f"| {_s(k.healthy_s)} | {_s(k.drained_s)} | {k.error or ''} |"
         )
     if out.failed:
         reasons: dict[str, int] = {}
@@ -72,6 +71,8 @@ def write(out: Outcome, extra: dict[str, str], folder: Path, doc: Path) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     data = asdict(out)
     data["refused"] = dict(out.refused)
+    for kill in data["kills"]:
+        del kill["acked_keys"]  # hundreds of keys each: the counts say what matters
     (folder / "results.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
     text = table(out, extra)
     (folder / "table.md").write_text(text + "\n")

@@ -41,8 +41,9 @@ ENV = {
     # a killed consumer's partitions move on within seconds, not the default 10 s
     "CXRMESH_KAFKA_SESSION_TIMEOUT_MS": "3000",
     "CXRMESH_KAFKA_HEARTBEAT_MS": "500",
-    # the safety net: a study with no progress for a minute is re-driven from the outbox
-    "CXRMESH_RECONCILE_AFTER_S": "60",
+    # the safety net: a study with no verdict two minutes after ingestion is re-driven from the outbox
+    # (above this machine's usual backlog, so that queued studies are rarely re-driven; 300 s by default)
+    "CXRMESH_RECONCILE_AFTER_S": "120",
     "CXRMESH_RECONCILE_INTERVAL_S": "10",
 }
 

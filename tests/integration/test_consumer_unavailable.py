@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import re
 import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
 
 import pytest
-from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 from plugins.kafka_broker import unique
-from prometheus_client import REGISTRY
+from plugins.kafka_clients import Running, committed, config, metric, read_all, wait_for
 
 from cxrmesh.local.broker import ensure_topics
 from cxrmesh.runtime.kafka import (
@@ -32,29 +30,6 @@ from cxrmesh.runtime.kafka import (
     KafkaConfigError,
 )
 from cxrmesh.v1 import events_pb2
-
-SESSION = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 300}
-
-
-def config(bootstrap: str, group: str = "", dead_letter_topic: str = "", **kw: Any) -> KafkaConfig:
-    base: dict[str, Any] = {
-        **SESSION,
-        "poll_timeout_ms": 100,
-        "backoff_initial_s": 0.02,
-        "backoff_max_s": 0.05,
-        "max_attempts": 3,
-        "lag_interval_s": 0.2,
-        "request_timeout_ms": 10000,
-        "delivery_timeout_ms": 20000,
-    }
-    base.update(kw)
-    return KafkaConfig(
-        bootstrap=bootstrap,
-        client_id=unique("test"),
-        group_id=group,
-        dead_letter_topic=dead_letter_topic or unique("dlq"),
-        **base,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -98,78 +73,21 @@ class Outage:
             return [e for e, _ in self.seen]
 
 
-class Running:
-    """Consumer.run in a thread; remembers what ended it."""
-
-    def __init__(self, consumer: Consumer):
-        self.consumer = consumer
-        self.stop = threading.Event()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        try:
-            self.consumer.run(self.stop)
-        except BaseException as exc:  # the test inspects it
-            self.error = exc
-
-    def __enter__(self) -> Running:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(15)
-        assert not self.thread.is_alive(), "consumer did not stop"
+def fresh_topic(bootstrap: str, prefix: str) -> tuple[str, str, str]:
+    """(topic, group, dead-letter topic), new names, both topics created with one partition."""
+    topic, group, dlq = unique(prefix), unique("g"), unique("dlq")
+    ensure_topics(bootstrap, {topic: 1, dlq: 1})
+    return topic, group, dlq
 
 
-def wait_for(predicate: Callable[[], bool], timeout_s: float = 20, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+def studies_consumer(
+    cfg: KafkaConfig, topic: str, handler: Outage, producer: EventProducer, service: str = "t"
+) -> Consumer:
+    return Consumer(cfg, {topic: events_pb2.StudyIngested}, handler, producer, service)
 
 
-def committed(bootstrap: str, group: str) -> dict[TopicPartition, int]:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        offsets = admin.list_group_offsets({group: None})[group]
-        return {tp: om.offset for tp, om in offsets.items() if om.offset >= 0}
-    finally:
-        admin.close()
-
-
-def read_all(
-    bootstrap: str, topic: str, expect: int, timeout_s: float = 10, settle_s: float = 0.5
-) -> list[Any]:
-    """Every record of ``topic``: waits for ``expect`` records, then ``settle_s`` more for extras."""
-    reader = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **SESSION)
-    try:
-        deadline = time.monotonic() + timeout_s
-        parts = reader.partitions_for_topic(topic) or set()
-        while not parts and time.monotonic() < deadline:
-            time.sleep(0.1)
-            parts = reader.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        reader.assign(tps)
-        reader.seek_to_beginning(*tps)
-        out: list[Any] = []
-        settle_until = None
-        while time.monotonic() < deadline and (settle_until is None or time.monotonic() < settle_until):
-            for recs in reader.poll(timeout_ms=100).values():
-                out.extend(recs)
-            if len(out) >= expect and settle_until is None:
-                settle_until = time.monotonic() + settle_s
-        return out
-    finally:
-        reader.close()
-
-
-def metric(topic: str, group: str, outcome: str) -> float:
-    labels = {"topic": topic, "group": group, "outcome": outcome}
-    return REGISTRY.get_sample_value("cxrmesh_kafka_messages_total", labels) or 0.0
+def outcomes(topic: str, group: str, outcome: str) -> float:
+    return metric("cxrmesh_kafka_messages_total", topic=topic, group=group, outcome=outcome)
 
 
 # ------------------------------------------------------------------------------------------ tests
@@ -184,16 +102,11 @@ def test_unavailable_max_s_is_validated() -> None:
 def test_an_outage_longer_than_max_attempts_loses_nothing(
     kafka_bootstrap: str, producer: EventProducer
 ) -> None:
-    topic, group, dlq = unique("outage"), unique("g"), unique("dlq")
-    ensure_topics(kafka_bootstrap, {topic: 1, dlq: 1})
+    topic, group, dlq = fresh_topic(kafka_bootstrap, "outage")
     keys = publish(producer, topic, 3)
     handler = Outage(down_calls=8)  # far more calls than max_attempts (3)
-    consumer = Consumer(
-        config(kafka_bootstrap, group, dlq, unavailable_max_s=120),
-        {topic: events_pb2.StudyIngested},
-        handler,
-        producer,
-        "t",
+    consumer = studies_consumer(
+        config(kafka_bootstrap, group, dlq, unavailable_max_s=120), topic, handler, producer
     )
     with Running(consumer) as run:
         wait_for(lambda: committed(kafka_bootstrap, group).get(TopicPartition(topic, 0)) == 3, what="commit")
@@ -204,25 +117,19 @@ def test_an_outage_longer_than_max_attempts_loses_nothing(
     assert all(e.attempt == 1 for e in handler.events())  # waiting spent no attempt
     assert read_all(kafka_bootstrap, dlq, expect=0, timeout_s=1) == []
     waits = len(handler.events()) - 3
-    assert metric(topic, group, "unavailable") == waits >= 8
-    assert metric(topic, group, "ok") == 3
-    assert metric(topic, group, "retried") == 0 and metric(topic, group, "dead_lettered") == 0
+    assert outcomes(topic, group, "unavailable") == waits >= 8
+    assert outcomes(topic, group, "ok") == 3
+    assert outcomes(topic, group, "retried") == 0 and outcomes(topic, group, "dead_lettered") == 0
 
 
 def test_an_outage_past_unavailable_max_s_is_dead_lettered_with_the_reason(
     kafka_bootstrap: str, producer: EventProducer
 ) -> None:
-    topic, group, dlq = unique("gone"), unique("g"), unique("dlq")
-    ensure_topics(kafka_bootstrap, {topic: 1, dlq: 1})
+    topic, group, dlq = fresh_topic(kafka_bootstrap, "gone")
     (key,) = publish(producer, topic, 1)
     handler = Outage(down_calls=10**9)  # never comes back
-    consumer = Consumer(
-        config(kafka_bootstrap, group, dlq, unavailable_max_s=1.0),
-        {topic: events_pb2.StudyIngested},
-        handler,
-        producer,
-        "embedding",
-    )
+    cfg = config(kafka_bootstrap, group, dlq, unavailable_max_s=1.0)
+    consumer = studies_consumer(cfg, topic, handler, producer, "embedding")
     with Running(consumer):
         wait_for(lambda: committed(kafka_bootstrap, group).get(TopicPartition(topic, 0)) == 1, what="commit")
     attempts = [e.attempt for e in handler.events()]
@@ -235,19 +142,18 @@ def test_an_outage_past_unavailable_max_s_is_dead_lettered_with_the_reason(
     assert re.fullmatch(
         r"dependency unavailable for \d+ s: model server unavailable, retry later", letter.reason
     )
-    assert metric(topic, group, "dead_lettered") == 1
-    assert metric(topic, group, "unavailable") == attempts.count(1) - 1
-    assert metric(topic, group, "retried") == 2
+    assert outcomes(topic, group, "dead_lettered") == 1
+    assert outcomes(topic, group, "unavailable") == attempts.count(1) - 1
+    assert outcomes(topic, group, "retried") == 2
 
 
 def test_stop_ends_the_wait_and_the_message_comes_back(kafka_bootstrap: str, producer: EventProducer) -> None:
-    topic, group, dlq = unique("stopwait"), unique("g"), unique("dlq")
-    ensure_topics(kafka_bootstrap, {topic: 1, dlq: 1})
+    topic, group, dlq = fresh_topic(kafka_bootstrap, "stopwait")
     (key,) = publish(producer, topic, 1)
     # long backoffs and a long window: without the stop check the loop would wait on for minutes
     cfg = config(kafka_bootstrap, group, dlq, backoff_initial_s=5.0, backoff_max_s=5.0, unavailable_max_s=600)
     down = Outage(down_calls=10**9)
-    run = Running(Consumer(cfg, {topic: events_pb2.StudyIngested}, down, producer, "t"))
+    run = Running(studies_consumer(cfg, topic, down, producer))
     run.thread.start()
     wait_for(lambda: down.calls >= 1, what="the first call")
     run.stop.set()  # SIGTERM while the message waits for its dependency
@@ -257,7 +163,7 @@ def test_stop_ends_the_wait_and_the_message_comes_back(kafka_bootstrap: str, pro
     assert committed(kafka_bootstrap, group) == {}  # not committed: it comes back
 
     up = Outage(down_calls=0)
-    with Running(Consumer(cfg, {topic: events_pb2.StudyIngested}, up, producer, "t")):
+    with Running(studies_consumer(cfg, topic, up, producer)):
         wait_for(lambda: committed(kafka_bootstrap, group).get(TopicPartition(topic, 0)) == 1, what="commit")
     assert up.successes() == [key]
     assert read_all(kafka_bootstrap, dlq, expect=0, timeout_s=1) == []

@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from kafka import KafkaConsumer, TopicPartition
 from plugins.kafka_broker import unique
 from plugins.postgres import DatabaseTarget
 from pydicom.data import get_testdata_file
-from sqlalchemy import select
+from sqlalchemy import make_url, select
 
 from cxrmesh.client import ingest_bytes
 from cxrmesh.contracts import topics
 from cxrmesh.local.broker import LocalBroker, ensure_topics
 from cxrmesh.local.pki import OPERATOR, LocalCA, server_identity
+from cxrmesh.local.postgres import LocalPostgres
 from cxrmesh.runtime.db import Database
 from cxrmesh.runtime.db.schema import outbox as outbox_table
 from cxrmesh.runtime.kafka import EventProducer, KafkaConfig
@@ -157,6 +159,50 @@ def test_a_dead_relays_rows_wait_for_its_lease_then_go_to_another(database: Data
     assert outbox.backlog() == 0
     assert outbox.claim("relay-a") == []
     outbox.db.close()
+
+
+def test_the_relay_outlives_a_database_outage(
+    postgres_cluster: LocalPostgres, postgres_database: DatabaseTarget, kafka_bootstrap: str
+) -> None:
+    """The database goes away under a running relay (its sessions ended, new ones refused): the relay
+    waits instead of dying, and publishes what was stored before and after once it is back."""
+    topic = unique("outbox-outage")
+    ensure_topics(kafka_bootstrap, {topic: 1})
+    name = make_url(postgres_database.url).database
+    writer = Outbox(Database(postgres_database.url, postgres_database.password))
+    outbox = Outbox(Database(postgres_database.url, postgres_database.password))
+    producer = EventProducer(KafkaConfig(bootstrap=kafka_bootstrap, client_id="relay-outage"))
+    stop = threading.Event()
+    thread = threading.Thread(target=relay, args=(outbox, producer, stop, 0.05, 10))
+    thread.start()
+    try:
+        writer.add_event(topic, "k", "x", b"before")
+        wait_until(lambda: writer.backlog() == 0, "the first event published")
+        with postgres_cluster.admin() as admin:
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+            )
+        time.sleep(2)  # rounds fail meanwhile
+        assert thread.is_alive(), "the relay died with the database"
+        with postgres_cluster.admin() as admin:
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        writer.add_event(topic, "k", "x", b"after")
+        wait_until(lambda: writer.backlog() == 0, "the event stored after the outage published")
+    finally:
+        stop.set()
+        thread.join(timeout=20)
+        producer.close()
+        outbox.db.close()
+        writer.db.close()
+    assert _values(kafka_bootstrap, topic) == [b"before", b"after"]
+
+
+def wait_until(predicate: Callable[[], bool], what: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
 
 
 def _values(bootstrap: str, topic: str) -> list[bytes]:

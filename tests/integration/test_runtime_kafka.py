@@ -10,12 +10,12 @@ import concurrent.futures
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
 from plugins.kafka_broker import unique
+from plugins.kafka_clients import Running, committed, config, metric, read_all, running, wait_for
 from prometheus_client import REGISTRY
 
 from cxrmesh.local.broker import LocalBroker, TopicSetupError, ensure_topics, find_tansu
@@ -31,29 +31,6 @@ from cxrmesh.runtime.kafka import (
     content_type,
 )
 from cxrmesh.v1 import common_pb2, events_pb2
-
-SESSION = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 300}
-
-
-def config(bootstrap: str, group: str = "", dead_letter_topic: str = "", **kw: Any) -> KafkaConfig:
-    base: dict[str, Any] = {
-        **SESSION,
-        "poll_timeout_ms": 100,
-        "backoff_initial_s": 0.02,
-        "backoff_max_s": 0.05,
-        "max_attempts": 3,
-        "lag_interval_s": 0.2,
-        "request_timeout_ms": 10000,
-        "delivery_timeout_ms": 20000,
-    }
-    base.update(kw)
-    return KafkaConfig(
-        bootstrap=bootstrap,
-        client_id=unique("test"),
-        group_id=group,
-        dead_letter_topic=dead_letter_topic or unique("dlq"),
-        **base,
-    )
 
 
 def study(i: int) -> events_pb2.StudyIngested:
@@ -94,87 +71,6 @@ class Recorder:
 
     def done_keys(self) -> set[str]:
         return {e.key for e in self.events}
-
-
-class Running:
-    """A Consumer.run in a thread; remembers what ended it."""
-
-    def __init__(self, consumer: Consumer):
-        self.consumer = consumer
-        self.stop = threading.Event()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        try:
-            self.consumer.run(self.stop)
-        except BaseException as exc:  # SystemExit too: the test inspects it
-            self.error = exc
-
-    def finish(self, timeout_s: float = 15) -> None:
-        self.stop.set()
-        self.thread.join(timeout_s)
-        assert not self.thread.is_alive(), "consumer did not stop"
-
-
-@contextmanager
-def running(*consumers: Consumer) -> Iterator[list[Running]]:
-    runs = [Running(c) for c in consumers]
-    for r in runs:
-        r.thread.start()
-    try:
-        yield runs
-    finally:
-        for r in runs:
-            r.finish()
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float = 15, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def read_all(
-    bootstrap: str, topic: str, expect: int, timeout_s: float = 10, settle_s: float = 0.5
-) -> list[Any]:
-    """Every record of ``topic`` (no group): waits for ``expect`` records, then ``settle_s`` for extras."""
-    reader = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **SESSION)
-    try:
-        parts = reader.partitions_for_topic(topic) or set()
-        deadline = time.monotonic() + timeout_s
-        while not parts and time.monotonic() < deadline:
-            time.sleep(0.1)
-            parts = reader.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        reader.assign(tps)
-        reader.seek_to_beginning(*tps)
-        out: list[Any] = []
-        settle_until = None
-        while time.monotonic() < deadline and (settle_until is None or time.monotonic() < settle_until):
-            for recs in reader.poll(timeout_ms=100).values():
-                out.extend(recs)
-            if len(out) >= expect and settle_until is None:
-                settle_until = time.monotonic() + settle_s
-        return out
-    finally:
-        reader.close()
-
-
-def committed(bootstrap: str, group: str) -> dict[TopicPartition, int]:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        offsets = admin.list_group_offsets({group: None})[group]
-        return {tp: om.offset for tp, om in offsets.items() if om.offset >= 0}
-    finally:
-        admin.close()
-
-
-def metric(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 def publish_studies(producer: EventProducer, topic: str, ids: Sequence[int]) -> dict[str, Any]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import re
 import shutil
 import signal
 import socket
@@ -35,6 +34,7 @@ from types import TracebackType
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from cxrmesh.local import process
 from cxrmesh.local.ports import free_port
 from cxrmesh.local.s3 import S3Target, S3UnavailableError, check_bucket
 
@@ -52,10 +52,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_STOP_GRACE_S = 10.0
 _PORT_TRIES = 3  # a free port picked here can be taken before the broker binds it: try another
 MEMORY = "memory://tansu/"
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Tansu colours its log lines
 
 
 class BrokerError(RuntimeError):
@@ -237,16 +235,7 @@ class LocalBroker:
             fd, name = tempfile.mkstemp(prefix="tansu-", suffix=".log")
             os.close(fd)
             self._log_file = Path(name)
-        with open(self._log_file, "ab") as out:
-            # own session: a Ctrl-C in the terminal of `cxrmesh up` reaches us first, we stop it last
-            self._proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env={**base, **env},
-                start_new_session=True,
-            )
+        self._proc = process.spawn(cmd, self._log_file, env, base_env=base)
 
     def _wait_ready(self, deadline: float) -> bool:
         while time.monotonic() < deadline:
@@ -258,30 +247,18 @@ class LocalBroker:
         return False
 
     def _log_tail(self, lines: int = 20) -> str:
-        if self._log_file is None or not self._log_file.exists():
-            return "(no log)"
-        text = _ANSI.sub("", self._log_file.read_text(errors="replace"))
-        return "\n".join(text.splitlines()[-lines:])
+        return process.log_tail(self._log_file, lines)
 
     def kill(self) -> None:
         """SIGKILL the broker's process group (for fault tests): no shutdown, nothing flushed.
         The log file is kept, so :meth:`start` appends the next run to it."""
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        process.kill_group(proc)
 
     def stop(self) -> None:
         """SIGINT (Tansu shuts down cleanly on it), wait, then kill; idempotent."""
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=_STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                log.warning("local broker ignored SIGINT, killing it", extra={"pid": proc.pid})
-                proc.kill()
-                proc.wait()
+        process.stop(proc, "local broker", signal.SIGINT)
         if self.log_path is None and self._log_file is not None:
             self._log_file.unlink(missing_ok=True)
             self._log_file = None

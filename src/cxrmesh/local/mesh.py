@@ -42,6 +42,7 @@ from cxrmesh.contracts.ports import (
     TRITON_METRICS,
 )
 from cxrmesh.contracts.topics import PARTITIONS
+from cxrmesh.local import process
 from cxrmesh.local.pki import OPERATOR, LocalCA, identity_files, server_identity
 from cxrmesh.local.ports import free_port
 from cxrmesh.runtime.health_probe import health_status
@@ -255,19 +256,8 @@ class Mesh:
     def _spawn(
         self, name: str, argv: list[str], env: Mapping[str, str] | None = None
     ) -> tuple[subprocess.Popen, Path]:
-        logs = self.home / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        log_path = logs / f"{name}.log"
-        with open(log_path, "ab") as fh:
-            proc = subprocess.Popen(
-                argv,
-                stdout=fh,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env={**os.environ, **(env or {})},
-                start_new_session=True,
-                cwd=self.home,
-            )
+        log_path = self.home / "logs" / f"{name}.log"
+        proc = process.spawn(argv, log_path, env, cwd=self.home)
         return proc, log_path
 
     def _wait(
@@ -466,8 +456,8 @@ class Mesh:
         argv, env = server_command(repository, http, grpc_port, metrics, explicit=True, tls=tls, http=False)
         progress(f"tritonserver (CPU profile) on 127.0.0.1:{grpc_port}")
         proc, log = self._spawn("triton", argv, env)
+        state.triton = f"127.0.0.1:{grpc_port}"  # before the readiness probe below captures it
         self._launches[("triton", 0)] = Launch("triton", argv, dict(env), self._triton_ready(state))
-        state.triton = f"127.0.0.1:{grpc_port}"
         state.procs.append(
             Proc(
                 "triton",

@@ -33,6 +33,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
+from cxrmesh.local import process
 from cxrmesh.local.pki import MESH_ROLE, Identity, LocalCA, server_identity
 from cxrmesh.local.ports import free_port
 from cxrmesh.search.tls import MilvusTLS
@@ -50,8 +51,6 @@ __all__ = [
     "find_milvus_package",
     "milvus_lite_command",
 ]
-
-_STOP_GRACE_S = 10.0
 
 
 def find_milvus_lite() -> Path:
@@ -104,22 +103,12 @@ class MilvusLiteServer:
         return self.running and accepts_connections(self.host, self.port)
 
     def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                milvus_lite_command(self.data_dir, self.port, self.host), stdout=out, stderr=subprocess.STDOUT
-            )
+        self.proc = process.spawn(milvus_lite_command(self.data_dir, self.port, self.host), self.log)
 
     def stop(self) -> None:
         """SIGTERM, wait, then kill; idempotent."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=_STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=_STOP_GRACE_S)
+        process.stop(proc, "milvus lite")
 
     def __enter__(self) -> MilvusLiteServer:
         self.start()
@@ -434,12 +423,7 @@ class MilvusServer:
         return self.running and self.healthy()
 
     def start(self) -> None:
-        argv = self.command()
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.data_dir
-            )
+        self.proc = process.spawn(self.command(), self.log, cwd=self.data_dir)
 
     def wait_ready(self, timeout_s: float = 120.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -494,14 +478,7 @@ class MilvusServer:
         the first ones for ever), so the kill is the usual end; nothing acknowledged is lost by it (the
         write-ahead log is replayed on the next start). A clean stop exits 2 ("panic: context canceled")."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=_SERVER_STOP_GRACE_S)
+        process.stop(proc, "milvus", grace_s=grace_s)
 
     def __enter__(self) -> MilvusServer:
         self.start()

@@ -188,7 +188,7 @@ class LocalPostgres:
         self._spawn(self.command(listen=""))
         try:
             self._wait(30, tcp=False)
-            with self._admin() as conn:
+            with self.admin() as conn:
                 if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (ROLE,)).fetchone():
                     conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(ROLE)))
                 scram = conn.pgconn.encrypt_password(self.password.encode(), b"cxrmesh", b"scram-sha-256")
@@ -271,7 +271,9 @@ class LocalPostgres:
             url += f"?sslmode=verify-full&sslrootcert={quote(str(self.tls.ca))}"
         return url
 
-    def _admin(self) -> psycopg.Connection:
+    def admin(self) -> psycopg.Connection:
+        """A superuser session over the local socket (autocommit): for set-up, and for tests that cut
+        a database off (``ALTER DATABASE ... ALLOW_CONNECTIONS false`` and ``pg_terminate_backend``)."""
         return psycopg.connect(
             host=str(self.socket_dir), port=self.port, user=SUPERUSER, dbname="postgres", autocommit=True
         )
@@ -279,13 +281,13 @@ class LocalPostgres:
     def create_database(self, name: str) -> str:
         """A new database owned by ``cxrmesh``; returns its URL."""
         ident = sql.Identifier(_valid(name))
-        with self._admin() as conn:
+        with self.admin() as conn:
             conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(ident, sql.Identifier(ROLE)))
         return self.url(name)
 
     def drop_database(self, name: str) -> None:
         """Drop it, ending any sessions still connected to it."""
-        with self._admin() as conn:
+        with self.admin() as conn:
             conn.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(_valid(name)))
             )

@@ -52,6 +52,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from cxrmesh.local import process
 from cxrmesh.local.ports import free_port
 
 __all__ = [
@@ -73,7 +74,6 @@ REGION = "us-east-1"
 JOURNAL = "journal.jsonl"
 CREDENTIALS = "credentials.json"
 _ACCOUNT = "123456789012"  # moto's default account: every request lands in one account
-_STOP_GRACE_S = 10.0
 _WRITES = frozenset({"PUT", "POST", "DELETE"})
 _CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/")
 
@@ -254,16 +254,7 @@ class LocalS3:
             return
         self.port = self.port or free_port()
         argv, env = s3_server_command(self.data_dir, self.port)
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as out:
-            self._proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, **env},
-                start_new_session=True,
-            )
+        self._proc = process.spawn(argv, self.log_path, env)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if not self.running:
@@ -276,27 +267,18 @@ class LocalS3:
         self.stop()
         raise S3StartError(
             f"local S3 at {self.endpoint} {'exited' if exited else 'was not ready'} within {timeout_s}s; "
-            f"log tail:\n{_tail(self.log_path)}"
+            f"log tail:\n{process.log_tail(self.log_path)}"
         )
 
     def kill(self) -> None:
         """SIGKILL the server's process group (for fault tests): no goodbye, the journal is all."""
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        process.kill_group(proc)
 
     def stop(self) -> None:
         """SIGTERM, wait, then kill; idempotent. Nothing is lost either way (see the module docstring)."""
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=_STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                log.warning("local s3 ignored SIGTERM, killing it", extra={"pid": proc.pid})
-                proc.kill()
-                proc.wait()
+        process.stop(proc, "local s3")
 
     def __enter__(self) -> LocalS3:
         self.start()
@@ -306,12 +288,6 @@ class LocalS3:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    if not path.exists():
-        return "(no log)"
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
 # ---------------------------------------------------------------- the server process

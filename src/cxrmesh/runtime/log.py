@@ -58,5 +58,6 @@ def configure_logging(service: str, level: str = "INFO", fmt: str = "json", file
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    for noisy in ("kafka", "pymilvus", "urllib3"):
+    # highdicom logs every module it copies into an SR at INFO: tens of lines per study
+    for noisy in ("kafka", "pymilvus", "urllib3", "highdicom"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
