@@ -29,7 +29,6 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError, TopicAlreadyExistsError
@@ -154,7 +153,7 @@ def broker_launch(
     return tansu_command(binary, port, cluster_id, host, storage.url), storage.env()
 
 
-class LocalBroker:
+class LocalBroker(process.StartStop):
     """One Tansu process on 127.0.0.1; a context manager, or start()/stop().
 
     ``storage`` None keeps data in memory, for the life of the process. An :class:`S3Target`
@@ -262,15 +261,6 @@ class LocalBroker:
         if self.log_path is None and self._log_file is not None:
             self._log_file.unlink(missing_ok=True)
             self._log_file = None
-
-    def __enter__(self) -> LocalBroker:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 def ensure_topics(

@@ -79,7 +79,7 @@ def accepts_connections(host: str, port: int, timeout_s: float = 0.5) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-class MilvusLiteServer:
+class MilvusLiteServer(process.StartStop):
     """A ``milvus-lite server`` subprocess on a fixed port and data dir (so it can be restarted).
 
     ``start`` does not wait: poll :meth:`ready` (or a store's ``ping``). Output goes to ``log``
@@ -109,15 +109,6 @@ class MilvusLiteServer:
         """SIGTERM, wait, then kill; idempotent."""
         proc, self.proc = self.proc, None
         process.stop(proc, "milvus lite")
-
-    def __enter__(self) -> MilvusLiteServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 # ----------------------------------------------------------------------------- standalone Milvus server

@@ -15,6 +15,8 @@ import signal
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 log = logging.getLogger(__name__)
 
@@ -75,3 +77,22 @@ def log_tail(path: Path | None, lines: int = 20) -> str:
     if path is None or not path.exists():
         return "(no log)"
     return "\n".join(_ANSI.sub("", path.read_text(errors="replace")).splitlines()[-lines:])
+
+
+class StartStop:
+    """``with launcher:`` for the local launchers: ``start()`` on entry, ``stop()`` on exit."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -49,7 +49,6 @@ import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from cxrmesh.local import process
@@ -211,7 +210,7 @@ def ensure_bucket(target: S3Target, timeout_s: float = 5.0) -> bool:
     return 200 <= status < 300
 
 
-class LocalS3:
+class LocalS3(process.StartStop):
     """The journalled moto server on 127.0.0.1 with one bucket; a context manager, or start()/stop().
 
     Its data (journal and credentials) lives in ``data_dir``, so ``start()`` after ``stop()`` or a
@@ -279,15 +278,6 @@ class LocalS3:
         """SIGTERM, wait, then kill; idempotent. Nothing is lost either way (see the module docstring)."""
         proc, self._proc = self._proc, None
         process.stop(proc, "local s3")
-
-    def __enter__(self) -> LocalS3:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 # ---------------------------------------------------------------- the server process
