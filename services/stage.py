@@ -4,7 +4,9 @@ A service declares its ``Stage`` (``services/flow.py``) and hands ``StageService
 the handler that processes a batch of events, its gRPC servicer, and the resources it opens (each
 closed at shutdown, in reverse order). The base builds the Kafka producer and consumer from the
 declaration, makes Kafka (and Triton, when asked) health dependencies, and runs the consumer as
-the process's worker; ``ServiceRuntime`` serves gRPC, health and metrics. The handler contract
+the process's worker; ``ServiceRuntime`` serves gRPC, health and metrics. It also sets up the
+process's tracing (``cxrmesh.runtime.tracing``: spans always, exported when an OTLP endpoint is set,
+flushed at shutdown), so every stage's consumer spans join the study's trace. The handler contract
 (one result per event: None = done, an exception = retry or dead-letter) is ``cxrmesh.runtime.kafka``'s.
 """
 
@@ -18,6 +20,7 @@ from typing import Any, Protocol, TypeVar
 
 from google.protobuf.descriptor import ServiceDescriptor
 
+from cxrmesh.runtime import tracing
 from cxrmesh.runtime.db import Database, open_database
 from cxrmesh.runtime.grpc_server import ServiceRuntime
 from cxrmesh.runtime.kafka import Consumer, EventProducer, Handler
@@ -52,7 +55,9 @@ class StageService:
     def __init__(self, settings: ServiceSettings, stage: Stage):
         self.settings = settings
         self.stage = stage
-        self.runtime = ServiceRuntime(settings)
+        self.runtime = ServiceRuntime(settings)  # logging first: setup logs where spans go
+        tracing.setup(settings.service, settings.trace_export())
+        self.runtime.on_close(tracing.flush)  # closers run last-first: after the consumer has stopped
         self.kafka = dataclasses.replace(
             settings.kafka_config(self.stage.group, self.stage.max_batch),
             dead_letter_topic=self.stage.dead_letter_topic,

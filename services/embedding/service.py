@@ -3,6 +3,10 @@
 Idempotent: a redelivered study is embedded again with the same result and the same
 (content-addressed) attention blob; search upserts by study key. The latest embedding per study
 is kept for GetEmbedding.
+
+The served embedder L2-normalises inside its graph (``ml.nets.Embedder``), so the norm of what it
+returns (``cxrmesh_embedding_norm``) is 1 by contract: it checks the model export, not drift (the
+pre-normalisation norm is not an output of the model; drift shows in search's neighbour distance).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from collections.abc import Sequence
 import grpc
 import numpy as np
 
+from cxrmesh.runtime import metrics
 from cxrmesh.runtime.blobs import NPY, array_bytes
 from cxrmesh.runtime.grpc_server import ServiceRuntime
 from cxrmesh.services import batch
@@ -37,6 +42,7 @@ class EmbeddingWorker(ModelStage[np.ndarray]):
         version: common_pb2.ModelVersion,
     ) -> events_pb2.StudyEmbedded:
         emb, att = out
+        metrics.embedding_norm().observe(float(np.linalg.norm(emb[j].astype(np.float64))))
         msg = events_pb2.StudyEmbedded(
             study_key=src.study_key,
             patient_key=src.patient_key,

@@ -11,6 +11,10 @@ SQLite), a claimed row is skipped by the others until its lease expires, and a k
 claimed elsewhere waits, so one study's events still leave in order. A relay that dies holding a
 lease delays its rows by one lease; only a relay that stalls past its lease and then publishes
 anyway can duplicate a row (at-least-once, never on purpose).
+
+Each row keeps the W3C trace context current when it was stored (the ``Ingest`` or ``SubmitClinical``
+call's span, a re-drive's), and the relay publishes the record with it: the study's trace goes on
+from the call that accepted it, however late the record leaves (``cxrmesh.runtime.tracing``).
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from opentelemetry.context import Context
 from sqlalchemy import Connection, func, insert, or_, select, text, update
 
+from cxrmesh.runtime import tracing
 from cxrmesh.runtime.db import Database, upsert
 from cxrmesh.runtime.db.schema import outbox, studies
 
@@ -33,6 +39,13 @@ class PendingEvent:
     key: str
     payload: bytes
     type_name: str
+    traceparent: str | None = None
+    tracestate: str | None = None
+
+    def trace_headers(self) -> dict[str, str]:
+        """The W3C headers the record is published with ({} for rows stored outside a trace)."""
+        stored = {tracing.TRACEPARENT: self.traceparent, tracing.TRACESTATE: self.tracestate}
+        return {name: value for name, value in stored.items() if value}
 
 
 class Outbox:
@@ -67,9 +80,15 @@ class Outbox:
 
     @staticmethod
     def _enqueue(conn: Connection, topic: str, key: str, type_name: str, payload: bytes) -> None:
+        """One pending row, with the trace context of the call storing it."""
         conn.execute(
             insert(outbox).values(
-                topic=topic, key=key, type_name=type_name, payload=payload, created_at=time.time()
+                topic=topic,
+                key=key,
+                type_name=type_name,
+                payload=payload,
+                created_at=time.time(),
+                **trace_columns(),
             )
         )
 
@@ -84,7 +103,7 @@ class Outbox:
                 t.sent_at.is_(None), t.lease_until >= now, t.claimed_by != owner
             )
             rows = conn.execute(
-                select(t.id, t.topic, t.key, t.payload, t.type_name)
+                select(t.id, t.topic, t.key, t.payload, t.type_name, t.traceparent, t.tracestate)
                 .where(
                     t.sent_at.is_(None),
                     or_(t.lease_until.is_(None), t.lease_until < now, t.claimed_by == owner),
@@ -131,3 +150,9 @@ class Outbox:
 
     def ping(self) -> bool:
         return self.db.ping()
+
+
+def trace_columns(ctx: Context | None = None) -> dict[str, str | None]:
+    """The outbox's trace columns for ``ctx`` (default: the current context); None outside a trace."""
+    headers = tracing.w3c_headers(ctx)
+    return {"traceparent": headers.get(tracing.TRACEPARENT), "tracestate": headers.get(tracing.TRACESTATE)}

@@ -21,6 +21,10 @@ serialisation as ``Outbox.claim`` (its own advisory lock on PostgreSQL, ``BEGIN 
 SQLite), and each re-drive is a compare-and-set ``UPDATE ... WHERE redrive_after <= now AND
 redrives = n RETURNING``, so two replicas never re-drive one study in the same round.
 
+Each re-drive starts a new trace (root span "study re-drive", linked to the trace the study's first
+StudyIngested row was stored in), and the re-driven rows carry it: a re-drive comes hours later, and a
+trace per pipeline run keeps traces short while the link still leads to the original.
+
 The view's verdict is read straight from ``view_stages`` here (``view_finished``) rather than
 through the study view's store, which has no query over many studies; the stage list is the view's.
 Logs carry counts only, never a study key.
@@ -35,13 +39,17 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Link
 from sqlalchemy import ColumnElement, Connection, exists, func, insert, or_, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from cxrmesh.contracts import topics
-from cxrmesh.runtime import metrics
+from cxrmesh.runtime import metrics, tracing
 from cxrmesh.runtime.db import Database
 from cxrmesh.runtime.db.schema import outbox, studies, view_stages
+from cxrmesh.services.ingestion.outbox import trace_columns
 from cxrmesh.services.studyview.store import STAGES
 from cxrmesh.v1 import events_pb2, studyview_pb2
 
@@ -166,24 +174,32 @@ class Reconciler:
         by_count: dict[int, list[str]] = defaultdict(list)
         for key, n in due:
             by_count[n].append(key)
-        claimed: list[tuple[str, bytes]] = []
+        claimed: list[tuple[str, bytes, int]] = []
         for n, keys in sorted(by_count.items()):
-            claimed += conn.execute(
-                update(studies)
-                .where(s.study_key.in_(keys), s.redrives == n, s.redrive_after <= now)
-                .values(redrives=n + 1, redrive_after=now + self.after_s * 2 ** (n + 1))
-                .returning(s.study_key, s.event)
-            ).all()
+            claimed += [
+                (key, event, n + 1)
+                for key, event in conn.execute(
+                    update(studies)
+                    .where(s.study_key.in_(keys), s.redrives == n, s.redrive_after <= now)
+                    .values(redrives=n + 1, redrive_after=now + self.after_s * 2 ** (n + 1))
+                    .returning(s.study_key, s.event)
+                )
+            ]
         if not claimed:
             return []
-        clinical = _clinical_events(conn, [key for key, _ in claimed])
+        keys = [key for key, _, _ in claimed]
+        clinical = _clinical_events(conn, keys)
+        origins = _origins(conn, keys)
         created = time.time()
         rows = []
-        for key, event in claimed:
-            rows.append(_row(topics.STUDY_INGESTED, key, _INGESTED_TYPE, event, created))
-            rows += [_row(topics.STUDY_CLINICAL, key, t, payload, created) for t, payload in clinical[key]]
+        for key, event, redrive in claimed:
+            traced = _redrive_trace(origins.get(key), redrive)
+            rows.append(_row(topics.STUDY_INGESTED, key, _INGESTED_TYPE, event, created, traced))
+            rows += [
+                _row(topics.STUDY_CLINICAL, key, t, payload, created, traced) for t, payload in clinical[key]
+            ]
         conn.execute(insert(outbox), rows)
-        return [key for key, _ in claimed]
+        return keys
 
 
 def _clinical_events(conn: Connection, keys: Sequence[str]) -> dict[str, list[tuple[str, bytes]]]:
@@ -201,8 +217,39 @@ def _clinical_events(conn: Connection, keys: Sequence[str]) -> dict[str, list[tu
     return found
 
 
-def _row(topic: str, key: str, type_name: str, payload: bytes, created: float) -> dict[str, object]:
-    return {"topic": topic, "key": key, "type_name": type_name, "payload": payload, "created_at": created}
+def _origins(conn: Connection, keys: Sequence[str]) -> dict[str, dict[str, str]]:
+    """The W3C headers each study's first StudyIngested row was stored with (its original trace)."""
+    o = outbox.c
+    first = select(func.min(o.id)).where(o.key.in_(keys), o.topic == topics.STUDY_INGESTED).group_by(o.key)
+    found: dict[str, dict[str, str]] = {}
+    for key, parent, state in conn.execute(select(o.key, o.traceparent, o.tracestate).where(o.id.in_(first))):
+        if parent:
+            found[key] = {tracing.TRACEPARENT: parent, **({tracing.TRACESTATE: state} if state else {})}
+    return found
+
+
+def _redrive_trace(origin: dict[str, str] | None, redrive: int) -> dict[str, str | None]:
+    """A new trace for one study's re-drive, its root linked to ``origin``; the rows' trace columns."""
+    original = trace.get_current_span(tracing.context_from(origin or {})).get_span_context()
+    links = [Link(original)] if original.is_valid else []
+    span = tracing.tracer().start_span(
+        "study re-drive", context=Context(), links=links, attributes={"cxrmesh.redrive": redrive}
+    )
+    span.end()
+    return trace_columns(trace.set_span_in_context(span))
+
+
+def _row(
+    topic: str, key: str, type_name: str, payload: bytes, created: float, traced: dict[str, str | None]
+) -> dict[str, object]:
+    return {
+        "topic": topic,
+        "key": key,
+        "type_name": type_name,
+        "payload": payload,
+        "created_at": created,
+        **traced,
+    }
 
 
 def reconcile(reconciler: Reconciler, stop: threading.Event, interval_s: float) -> None:

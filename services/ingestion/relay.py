@@ -3,7 +3,8 @@
 Every ingestion replica runs one; each publishes only the rows it claimed under a lease (``Outbox.claim``),
 so replicas share the outbox without publishing a row twice on purpose. An event is marked sent only
 after the broker confirms it; failed sends are released and retried (consumers are idempotent for the
-rare duplicate). The backlog is exported as a gauge.
+rare duplicate). The backlog is exported as a gauge. Each record is published with the trace context
+stored in its row, so it continues the trace of the call that stored it.
 """
 
 from __future__ import annotations
@@ -77,7 +78,12 @@ def _round(
     futures = [
         (
             e.id,
-            producer.publish(e.topic, e.key, _Raw(e.payload), {"content-type": _content_type(e.type_name)}),
+            producer.publish(
+                e.topic,
+                e.key,
+                _Raw(e.payload),
+                {"content-type": _content_type(e.type_name), **e.trace_headers()},
+            ),
         )
         for e in pending
     ]

@@ -56,13 +56,18 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
         self.blobs = open_blob_store(settings.blob_location)
         self.secret = settings.deid_secret.get_secret_value().encode()
         self.pixels = settings.pixel_policy()
+        metrics.ingest_accepted()  # exported at 0 from the start, before the first upload
 
     # --------------------------------------------------------------- RPCs
     def Ingest(self, request_iterator: Iterator[ingestion_pb2.IngestChunk], context: grpc.ServicerContext):
-        header, raw = self._receive(request_iterator)
-        if header.HasField("clinical"):
-            convert.validate_clinical(header.clinical)
-        convert.validate_labels(header.labels)
+        try:  # refusals before the DICOM checks count too: the refused share by reason is over all uploads
+            header, raw = self._receive(request_iterator)
+            if header.HasField("clinical"):
+                convert.validate_clinical(header.clinical)
+            convert.validate_labels(header.labels)
+        except InvalidArgument as exc:
+            rejected().labels(exc.reason).inc()
+            raise
         try:
             deid, norm = process_dicom(raw, self.secret, self.pixels)
         except DicomRejected as exc:
@@ -77,6 +82,7 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
             metrics.studies_total().labels("ingest", "duplicate").inc()
             if header.HasField("clinical") or header.labels.ByteSize():
                 self._clinical_event(key, header.clinical, header.labels)
+            metrics.ingest_accepted().inc()
             return reply
         try:
             dicom_ref = self.blobs.put(dicom_bytes(deid.dataset), "application/dicom")
@@ -105,6 +111,7 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
         )
         reply.duplicate = not new
         metrics.studies_total().labels("ingest", "accepted" if new else "duplicate").inc()
+        metrics.ingest_accepted().inc()  # with cxrmesh_ingest_rejected_total: the refused share by reason
         log.info("study accepted", extra={"duplicate": not new, "bytes": len(raw)})
         return reply
 

@@ -6,6 +6,9 @@ quality gate (``analysis.quality``): an image that is not a frontal chest radiog
 (published with the reasons and nothing measured) or flagged. Implausible detected landmarks are
 replaced by the estimate from the lung map (``analysis.landmarks``), marked as estimated and
 counted; they and members that disagree are reported as warnings on the study, not hidden.
+
+Model health, per measured study (the gate did not refuse it): the detector's calibrated confidence
+per landmark and each plausibility problem of its pair by code (``record_landmark_health``).
 """
 
 from __future__ import annotations
@@ -18,12 +21,14 @@ import numpy as np
 import pydicom
 from prometheus_client import Counter
 
-from cxrmesh.analysis.landmarks import ChosenLandmarks, choose_landmarks
+from cxrmesh.analysis.landmarks import ChosenLandmarks, calibrated_confidence, choose_landmarks
 from cxrmesh.analysis.pixels import Letterbox, model_input
 from cxrmesh.analysis.quality import assess_quality
+from cxrmesh.analysis.regions import LandmarkProblem, problem_code
 from cxrmesh.contracts import convert
 from cxrmesh.contracts.preprocessing import MODEL_SIZE
 from cxrmesh.contracts.tensors import LANDMARKS, MODEL_INPUT
+from cxrmesh.runtime import metrics
 from cxrmesh.runtime.blobs import NPY, array_bytes, bytes_array
 from cxrmesh.runtime.grpc_server import ServiceRuntime
 from cxrmesh.runtime.kafka import Event, PermanentError
@@ -54,6 +59,19 @@ QUALITY_VERDICTS = metric(
     "Studies by the image quality gate's verdict (pass, flagged, refused).",
     ("verdict",),
 )
+LANDMARK_CONFIDENCE = metrics.landmark_confidence()
+LANDMARK_IMPLAUSIBLE = metrics.landmark_implausible()
+for _code in LandmarkProblem:
+    LANDMARK_IMPLAUSIBLE.labels(_code.value)
+
+
+def record_landmark_health(chosen: ChosenLandmarks, scores: np.ndarray) -> None:
+    """The detector's calibrated confidence per landmark (its own, even when the estimate replaced it)
+    and one count per problem of its pair, by ``LandmarkProblem`` code (bounded labels, no free text)."""
+    for name, score in zip(LANDMARKS, scores, strict=True):
+        LANDMARK_CONFIDENCE.labels(name).observe(calibrated_confidence(float(score)))
+    for problem in chosen.problems:
+        LANDMARK_IMPLAUSIBLE.labels(problem_code(problem).value).inc()
 
 
 def landmark_messages(
@@ -121,6 +139,7 @@ class QuantificationWorker(ModelStage[Inputs]):
         )
         if gate.verdict == "refused":
             return msg  # not measured: no regions, no RALE, no SEG/SR (the reasons say why)
+        record_landmark_health(chosen, conf)
         if chosen.estimated:
             LANDMARK_FALLBACKS.inc()
         q = quantify_study(image, item.lungs, chosen)

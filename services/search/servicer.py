@@ -3,6 +3,7 @@
 An uploaded DICOM is validated and normalised in memory with the ingestion domain code, embedded by
 Triton, then discarded: nothing of it is stored or logged. Store errors become gRPC statuses here
 (the store's ``NotFound`` is imported as ``StoreNotFound``: a missing entity, not yet an RPC answer).
+Every FindSimilar with a hit observes the query's distance to its nearest case (``nearest_distance``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from cxrmesh.contracts.errors import InvalidArgument, NotFound, Unavailable
 from cxrmesh.contracts.tensors import EMBED_DIM
 from cxrmesh.dicom.admit import process_dicom
 from cxrmesh.dicom.rejection import DicomRejected
+from cxrmesh.runtime import metrics
 from cxrmesh.runtime.blobs import NPY, array_bytes, open_blob_store
 from cxrmesh.runtime.triton import TritonClient, TritonUnavailable
 from cxrmesh.search.errors import InvalidQuery, StoreUnavailable
@@ -33,6 +35,17 @@ from cxrmesh.v1 import common_pb2, search_pb2, search_pb2_grpc
 MAX_K = 1024
 
 
+def nearest_distance(neighbours: list[Neighbour]) -> float | None:
+    """Cosine distance (1 - cosine similarity, the index's metric) to the nearest case; None without one.
+
+    A model-health signal: queries drifting away from everything indexed (a new site or scanner, a
+    changed embedder) push it up long before anyone reads a similar case and finds it unlike.
+    """
+    if not neighbours:
+        return None
+    return 1.0 - max(n.similarity for n in neighbours)
+
+
 class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     def __init__(self, settings: SearchSettings, store: CaseStore, triton: TritonClient):
         self.settings = settings
@@ -44,6 +57,9 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
 
     def FindSimilar(self, request: search_pb2.FindSimilarRequest, context: grpc.ServicerContext):
         neighbours, query_attention, model = self._neighbours(request)
+        distance = nearest_distance(neighbours)
+        if distance is not None:
+            metrics.neighbour_distance().observe(distance)
         reply = search_pb2.FindSimilarReply(cases=[self._case(n) for n in neighbours])
         if model:
             reply.model.CopyFrom(model)

@@ -2,7 +2,8 @@
 
 Writes the right/left lung label map (``analysis.lung_map``: argmax plus the anatomy rules) and the
 ensemble probabilities to the blob store and publishes StudySegmented with the members' agreement
-(mean pairwise Dice), which flags studies the five networks disagree on.
+(mean pairwise Dice), which flags studies the five networks disagree on. Each lung's share of the
+map is a model-health metric (``cxrmesh_lung_area_fraction``): it shifts when the films or the model do.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import numpy as np
 from cxrmesh.analysis.lung_map import lung_map
 from cxrmesh.analysis.pixels import model_input
 from cxrmesh.analysis.quantify import lung_dice
+from cxrmesh.analysis.regions import Lung
+from cxrmesh.runtime import metrics
 from cxrmesh.runtime.blobs import NPY, array_bytes
 from cxrmesh.runtime.grpc_server import ServiceRuntime
 from cxrmesh.services import batch
@@ -31,6 +34,12 @@ def member_agreement(member_probs: np.ndarray) -> float:
     labels = member_probs.argmax(axis=1)
     pairs = [float(lung_dice(labels[a], labels[b])) for a, b in itertools.combinations(range(len(labels)), 2)]
     return float(np.mean(pairs)) if pairs else 1.0
+
+
+def lung_area_fractions(lungs: np.ndarray) -> dict[str, float]:
+    """Each lung's pixels / all pixels of the lung map (the model-input frame, letterbox included)."""
+    size = max(1, lungs.size)
+    return {"right": int((lungs == Lung.RIGHT).sum()) / size, "left": int((lungs == Lung.LEFT).sum()) / size}
 
 
 class SegmentationWorker(ModelStage[np.ndarray]):
@@ -49,10 +58,13 @@ class SegmentationWorker(ModelStage[np.ndarray]):
     ) -> events_pb2.StudySegmented:
         probs = out["probs"][j]
         blobs = self.parts.blobs
+        lungs = lung_map(probs, model_input(item)[0, 0])
+        for side, fraction in lung_area_fractions(lungs).items():
+            metrics.lung_area_fraction().labels(side).observe(fraction)
         return events_pb2.StudySegmented(
             study_key=src.study_key,
             patient_key=src.patient_key,
-            lungs=blobs.put(array_bytes(lung_map(probs, model_input(item)[0, 0])), NPY),
+            lungs=blobs.put(array_bytes(lungs), NPY),
             probabilities=blobs.put(array_bytes(probs.astype(np.float16)), NPY),
             member_agreement=member_agreement(out["member_probs"][j]),
             model=version,

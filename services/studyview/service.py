@@ -4,6 +4,9 @@ Consumes every stage's topic and the dead-letter topic into a per-study record (
 dead letter's reason is shown on the failed stage. Similar cases and the diagnosis vote are asked
 of the search service at read time, so they reflect the index as it is now. Wired on the shared
 stage base.
+
+The mesh's end-to-end SLI is observed here: ingestion to the view's first verdict on a study
+(``cxrmesh_study_complete_seconds``), by the replica whose update gave it, once per study (``store``).
 """
 
 from __future__ import annotations
@@ -12,10 +15,12 @@ import time
 from collections.abc import Iterator, Sequence
 
 import grpc
+from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from cxrmesh.contracts import topics
 from cxrmesh.contracts.errors import InvalidArgument, NotFound
+from cxrmesh.runtime import metrics, tracing
 from cxrmesh.runtime.grpc_server import ServiceRuntime
 from cxrmesh.runtime.kafka import Event
 from cxrmesh.runtime.tls import open_channel
@@ -23,13 +28,43 @@ from cxrmesh.services import batch
 from cxrmesh.services.flow import FLOW
 from cxrmesh.services.stage import GrpcApi, StageService
 from cxrmesh.services.studyview.settings import StudyViewSettings
-from cxrmesh.services.studyview.store import FAILED_BY, STAGES, TOPIC_STAGE, ViewStore
+from cxrmesh.services.studyview.store import FAILED_BY, STAGES, TOPIC_STAGE, Verdict, ViewStore
 from cxrmesh.v1 import events_pb2, search_pb2, search_pb2_grpc, studyview_pb2, studyview_pb2_grpc
+
+
+def event_ingested_at(event: Event) -> float | None:
+    """When the event's study was ingested, from the event itself (a dead letter: from the message it
+    carries); None when it does not say."""
+    msg = event.message
+    if event.topic == topics.DEAD_LETTER:
+        kind = topics.MESSAGE_TYPES.get(msg.source_topic)
+        if kind is None or "ingested_at" not in kind.DESCRIPTOR.fields_by_name:
+            return None
+        try:
+            msg = kind.FromString(msg.payload)
+        except DecodeError:
+            return None
+    ts = getattr(msg, "ingested_at", None)
+    return ts.seconds + ts.nanos / 1e9 if ts is not None and ts.seconds else None
+
+
+def observe_verdict(first: Verdict | None, event: Event, now: float) -> None:
+    """The time from ingestion to the study's first verdict, when ``first`` is one and its ingestion
+    time is known (the stored StudyIngested, else the event's own). The verdict is also a span in the
+    study's trace ("study complete" or "study failed", child of the event's consumer span)."""
+    if first is None:
+        return
+    with tracing.key_span(f"study {first.outcome}", event.key, {"cxrmesh.verdict": first.outcome}):
+        pass
+    ingested_at = first.ingested_at or event_ingested_at(event)
+    if ingested_at is not None:
+        metrics.study_complete_seconds().labels(first.outcome).observe(max(0.0, now - ingested_at))
 
 
 class ViewWorker:
     def __init__(self, store: ViewStore):
         self.store = store
+        metrics.study_complete_seconds()  # exported (at zero) from the start
 
     def __call__(self, events: Sequence[Event]) -> list[BaseException | None]:
         """None per event; the database not answering comes back as ``DependencyUnavailable`` (the
@@ -42,9 +77,11 @@ class ViewWorker:
             if event.topic == topics.DEAD_LETTER:
                 stage = FAILED_BY.get(msg.service)
                 if stage and msg.key:
-                    self.store.failed(msg.key, stage, f"{msg.service}: {msg.reason}")
+                    first = self.store.failed(msg.key, stage, f"{msg.service}: {msg.reason}")
+                    observe_verdict(first, event, time.time())
                 continue
-            self.store.done(msg.study_key, TOPIC_STAGE[event.topic], msg.SerializeToString())
+            first = self.store.done(msg.study_key, TOPIC_STAGE[event.topic], msg.SerializeToString())
+            observe_verdict(first, event, time.time())
         return [None] * len(events)
 
 
@@ -54,7 +91,8 @@ class StudyViewServicer(studyview_pb2_grpc.StudyViewServiceServicer):
     ):
         self.settings, self.store, self.search = settings, store, search
 
-    def view(self, key: str, k: int) -> studyview_pb2.StudyView | None:
+    def view(self, key: str, k: int, similar: bool = True) -> studyview_pb2.StudyView | None:
+        """The study's view; ``similar=False`` leaves out the similar cases and the vote (no search call)."""
         stages, payloads = self.store.load(key)
         if not stages:
             return None
@@ -79,7 +117,8 @@ class StudyViewServicer(studyview_pb2_grpc.StudyViewServiceServicer):
             view.attention_map.CopyFrom(
                 events_pb2.StudyEmbedded.FromString(payloads["embedded"]).attention_map
             )
-            self._similar(view, key, k)
+            if similar:
+                self._similar(view, key, k)
         if "segmented" in payloads:
             view.segmentation.ParseFromString(payloads["segmented"])
         if "quantified" in payloads:
@@ -119,13 +158,17 @@ class StudyViewServicer(studyview_pb2_grpc.StudyViewServiceServicer):
         last = None
         waited_for_first = time.monotonic()
         while context.is_active():
-            view = self.view(key, k)
+            # polled without search: similar cases are asked for only when a view is sent (each
+            # FindSimilar is a Milvus query and an observation of cxrmesh_neighbour_distance)
+            view = self.view(key, k, similar=False)
             if view is None and time.monotonic() - waited_for_first > 60:
                 raise NotFound("unknown_study", "no study with this key reached the mesh within 60 s")
             if view is not None:
                 state = [(s.name, s.state) for s in view.stages]
                 if state != last:
                     last = state
+                    if any(s.name == "embedded" and s.state == studyview_pb2.STAGE_DONE for s in view.stages):
+                        self._similar(view, key, k)
                     yield view
                 if view.complete:
                     return

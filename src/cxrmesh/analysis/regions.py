@@ -20,7 +20,7 @@ silently).
 
 from __future__ import annotations
 
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 
 import numpy as np
 
@@ -86,28 +86,66 @@ def wrong_side_share(lungs: np.ndarray, carina_x: float) -> float:
     return int((xs > carina_x).sum() + (xl < carina_x).sum()) / max(1, xs.size + xl.size)
 
 
+class LandmarkProblem(StrEnum):
+    """What ``landmark_problems`` can find wrong with a landmark pair, as a fixed set of codes.
+
+    The sentences it returns are for people (warnings on the study, the SR, reports) and one carries a
+    number; a metric label or a program needs a bounded code, so each sentence starts with its code's
+    fixed text (``PROBLEM_TEXT``) and ``problem_code`` maps a sentence back. A new check adds a code here.
+    """
+
+    LUNG_MISSING = "lung_missing"
+    CARINA_NOT_BETWEEN_LUNGS = "carina_not_between_lungs"
+    CARINA_NOT_ABOVE_HILUM = "carina_not_above_hilum"
+    HILUM_NOT_LATERAL = "hilum_not_lateral"
+    HILUM_OUTSIDE_LUNGS = "hilum_outside_lungs"
+    LUNGS_WRONG_SIDE = "lungs_wrong_side"
+    OTHER = "other"  # a sentence no code claims (never produced here; keeps the label set closed)
+
+
+PROBLEM_TEXT: dict[LandmarkProblem, str] = {
+    LandmarkProblem.LUNG_MISSING: "lung map lacks a right or a left lung",
+    LandmarkProblem.CARINA_NOT_BETWEEN_LUNGS: "carina does not lie between the lung centroids",
+    LandmarkProblem.CARINA_NOT_ABOVE_HILUM: "carina is not above the left hilum",
+    LandmarkProblem.HILUM_NOT_LATERAL: "left hilum is not lateral (patient-left) of the carina",
+    LandmarkProblem.HILUM_OUTSIDE_LUNGS: "left hilum lies outside the lungs' vertical extent",
+    LandmarkProblem.LUNGS_WRONG_SIDE: "lung labels on the wrong side of the carina",
+}
+
+
+def problem_code(problem: str) -> LandmarkProblem:
+    """The code of one of ``landmark_problems``' sentences (``OTHER`` for a sentence it did not write)."""
+    for code, text in PROBLEM_TEXT.items():
+        if problem.startswith(text):
+            return code
+    return LandmarkProblem.OTHER
+
+
 def landmark_problems(
     lungs: np.ndarray, carina_xy: tuple[float, float], left_hilum_xy: tuple[float, float]
 ) -> list[str]:
-    """Reasons why a landmark pair is implausible for this lung map; empty when plausible."""
+    """Reasons why a landmark pair is implausible for this lung map; empty when plausible.
+
+    Each reason starts with its ``PROBLEM_TEXT`` (``problem_code`` gives its ``LandmarkProblem``).
+    """
     problems: list[str] = []
     ys, xs = np.nonzero(lungs == Lung.RIGHT)
     yl, xl = np.nonzero(lungs == Lung.LEFT)
     if xs.size == 0 or xl.size == 0:
-        return ["lung map lacks a right or a left lung"]
+        return [PROBLEM_TEXT[LandmarkProblem.LUNG_MISSING]]
     cx, cy = carina_xy
     hx, hy = left_hilum_xy
     if not xs.mean() < cx < xl.mean():
-        problems.append("carina does not lie between the lung centroids")
+        problems.append(PROBLEM_TEXT[LandmarkProblem.CARINA_NOT_BETWEEN_LUNGS])
     if not cy < hy:
-        problems.append("carina is not above the left hilum")
+        problems.append(PROBLEM_TEXT[LandmarkProblem.CARINA_NOT_ABOVE_HILUM])
     if not cx < hx:
-        problems.append("left hilum is not lateral (patient-left) of the carina")
+        problems.append(PROBLEM_TEXT[LandmarkProblem.HILUM_NOT_LATERAL])
     top = min(ys.min(), yl.min())
     bottom = max(ys.max(), yl.max())
     if not top < hy < bottom:
-        problems.append("left hilum lies outside the lungs' vertical extent")
+        problems.append(PROBLEM_TEXT[LandmarkProblem.HILUM_OUTSIDE_LUNGS])
     wrong = wrong_side_share(lungs, cx)
     if wrong > WRONG_SIDE_LIMIT:
-        problems.append(f"lung labels on the wrong side of the carina ({wrong:.0%} of lung pixels)")
+        problems.append(f"{PROBLEM_TEXT[LandmarkProblem.LUNGS_WRONG_SIDE]} ({wrong:.0%} of lung pixels)")
     return problems

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cxrmesh.cli.app import app, fail
 from cxrmesh.contracts.topics import PARTITIONS
+
+if TYPE_CHECKING:
+    from cxrmesh.local.mesh import MeshState
 
 MESH_HOME = Path("data/mesh")
 HomeOpt = Annotated[Path, typer.Option("--home", help="Mesh home: state, data, logs.")]
@@ -47,11 +50,18 @@ def up(
             help="memory (lost on a broker restart) or s3 (a journalled local S3 in <home>/s3: kept).",
         ),
     ] = "memory",
+    monitoring: Annotated[
+        bool,
+        typer.Option(
+            "--monitoring", help="Also Prometheus and Alertmanager (loopback only) with the cluster's rules."
+        ),
+    ] = False,
 ) -> None:
     """Start the local mesh (broker, database, Milvus, tritonserver, services) and wait until healthy.
 
     Mutual TLS by default: certificates come from the local CA in <home>/pki (made once, reused).
     With --replicas N every service runs N processes sharing its consumer group and the database.
+    With --monitoring, Prometheus scrapes every process and evaluates k8s/monitoring's rules.
     """
     from cxrmesh.local.mesh import Mesh, MeshError
 
@@ -73,6 +83,7 @@ def up(
             milvus=milvus,
             partitions=partitions,
             broker_storage=broker_storage,
+            monitoring=monitoring,
         )
         state = mesh.up(timeout, progress=lambda m: typer.echo(f"starting {m}"))
     except MeshError as exc:
@@ -83,6 +94,16 @@ def up(
     typer.echo(f"state and logs in {home}; stop with `cxrmesh down --home {home}`")
     if not insecure:
         typer.echo(f"mutual TLS on every port; the CA and client certificate are in {home / 'pki'}")
+    _echo_monitoring(state)
+
+
+def _echo_monitoring(state: MeshState) -> None:
+    """The monitoring UIs of a mesh started with --monitoring (nothing otherwise)."""
+    from cxrmesh.local.prometheus import monitoring_urls
+
+    parts = ((p.name, p.endpoint) for p in state.procs if p.kind == "monitoring")
+    for what, url in monitoring_urls(parts).items():
+        typer.echo(f"{what + ':':<14} {url}")
 
 
 @app.command()
@@ -97,7 +118,7 @@ def down(home: HomeOpt = MESH_HOME) -> None:
 @app.command()
 def status(home: HomeOpt = MESH_HOME) -> None:
     """Processes of the local mesh with their health; exit 1 if any is not healthy."""
-    from cxrmesh.local.mesh import Mesh
+    from cxrmesh.local.mesh import Mesh, MeshState
 
     rows = Mesh(home).status()
     if not rows:
@@ -105,6 +126,9 @@ def status(home: HomeOpt = MESH_HOME) -> None:
         raise typer.Exit(code=1)
     for r in rows:
         typer.echo(f"{r['name']:<18} pid {r['pid']:<8} {r['health']:<12} {r['endpoint']:<24} {r['log']}")
+    state = MeshState.load(home.resolve())
+    if state is not None:
+        _echo_monitoring(state)
     if any(r["health"] not in ("SERVING", "RUNNING") for r in rows):
         raise typer.Exit(code=1)
 

@@ -14,6 +14,9 @@ Triton a certificate, every gRPC port asks for mutual TLS, and clients (the CLI,
 supervisor's probes) present the ``operator`` certificate from the same folder. ``insecure=True``
 (``cxrmesh up --insecure``) runs everything plaintext and without authorization, for debugging
 only, and says so loudly.
+
+``monitoring=True`` (``cxrmesh up --monitoring``) also starts Alertmanager and Prometheus on loopback,
+scraping every service and Triton and evaluating the cluster's rules (``cxrmesh.local.prometheus``).
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ class Proc:
     log: str
     endpoint: str = ""  # host:port of its main API
     metrics: str = ""  # http URL of its /metrics
-    kind: str = "service"  # broker | storage | database | milvus | triton | service
+    kind: str = "service"  # broker | storage | database | milvus | triton | service | monitoring
     replica: int = 0  # which of the service's replicas
 
 
@@ -220,6 +223,7 @@ class Mesh:
         partitions: int = PARTITIONS,
         service_replicas: Mapping[str, int] | None = None,
         broker_storage: str = "memory",
+        monitoring: bool = False,
     ):
         self.home = Path(home).resolve()
         self.insecure = insecure
@@ -242,6 +246,7 @@ class Mesh:
             choices = ", ".join(BROKER_STORAGE)
             raise MeshError(f"unknown broker storage {broker_storage!r}; choose from {choices}")
         self.broker_storage = broker_storage
+        self.monitoring = monitoring
         self._launches: dict[tuple[str, int], Launch] = {}
 
     def replicas_of(self, name: str) -> int:
@@ -331,6 +336,8 @@ class Mesh:
             self._start_triton(state, timeout_s, progress)
             for name in self.services:
                 self._start_service(state, name, timeout_s, progress)
+            if self.monitoring:
+                self._start_monitoring(state, timeout_s, progress)
         except BaseException:
             state.save()
             self.down(state=state)
@@ -540,6 +547,24 @@ class Mesh:
         metrics_url = f"{scheme}://127.0.0.1:{metrics}/metrics"
         state.procs.append(Proc(name, proc.pid, str(log), endpoint, metrics_url, replica=replica))
         return proc, log, endpoint
+
+    def _start_monitoring(self, state: MeshState, timeout_s: float, progress: Callable[[str], None]) -> None:
+        """Alertmanager, then Prometheus scraping every service and Triton (``cxrmesh.local.prometheus``)."""
+        from cxrmesh.local.prometheus import PROMETHEUS, Target, monitoring_parts
+
+        tls = None if self.insecure else self._ca().issue(PROMETHEUS)
+        targets = [Target(p.name, p.replica, p.metrics) for p in state.procs if p.metrics]
+        try:
+            parts = monitoring_parts(self.home, targets, tls, (free_port(), free_port()))
+        except FileNotFoundError as exc:  # prometheus not installed
+            raise MeshError(str(exc)) from exc
+        for part in parts:
+            progress(f"{part.name} on {part.url}")
+            proc, log = self._spawn(part.name, part.argv)
+            self._launches[(part.name, 0)] = Launch(part.name, part.argv, {}, part.ready)
+            state.procs.append(Proc(part.name, proc.pid, str(log), part.url, kind="monitoring"))
+            state.save()
+            self._wait(part.name, proc, log, part.ready, timeout_s)
 
     @staticmethod
     def _search_for(state: MeshState, replica: int) -> str:

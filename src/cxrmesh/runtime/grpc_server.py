@@ -24,13 +24,13 @@ from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
 from cxrmesh.contracts.errors import ServiceError
-from cxrmesh.runtime import metrics
+from cxrmesh.runtime import metrics, tracing
 from cxrmesh.runtime.audit import AuditTrail
 from cxrmesh.runtime.authz import Authorizer
 from cxrmesh.runtime.grpc_wrap import split_method, wrap_handler
 from cxrmesh.runtime.log import configure_logging
 from cxrmesh.runtime.settings import ServiceSettings
-from cxrmesh.runtime.tls import PLAINTEXT_WARNING, server_credentials
+from cxrmesh.runtime.tls import PLAINTEXT_WARNING, certificate_expiry, server_credentials
 
 log = logging.getLogger(__name__)
 DOMAIN = "cxrmesh"
@@ -138,6 +138,7 @@ class ServiceRuntime:
     def __init__(self, settings: ServiceSettings, max_workers: int = 16):
         self.settings = settings
         configure_logging(settings.service, settings.log_level, settings.log_format, settings.log_file)
+        tracing.setup(settings.service, settings.trace_export())
         self.tls = settings.tls()  # refuses to go on without TLS files unless insecure was asked for
         self.stop_event = threading.Event()
         self.audit = AuditTrail.from_settings(settings)
@@ -147,8 +148,13 @@ class ServiceRuntime:
         ]
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
-            # authorization first: a refused call never reaches _Observed or a handler
-            interceptors=[Authorizer(settings, self.audit, abort_with), _Observed()],
+            # tracing first, so refused calls are traced too; then authorization: a refused call never
+            # reaches _Observed or a handler
+            interceptors=[
+                tracing.server_interceptor(),
+                Authorizer(settings, self.audit, abort_with),
+                _Observed(),
+            ],
             options=opts,
         )
         self.health = health.HealthServicer(experimental_non_blocking=True)
@@ -157,7 +163,8 @@ class ServiceRuntime:
         self._checks: dict[str, Callable[[], bool]] = {}
         self._workers: list[tuple[str, Worker]] = []
         self._threads: list[threading.Thread] = []
-        self._closers: list[Callable[[], None]] = [self.audit.close]  # runs last: after in-flight calls
+        # run last, after in-flight calls: the audit log, then the spans still buffered
+        self._closers: list[Callable[[], None]] = [tracing.flush, self.audit.close]
         self.port = 0
         self.metrics_port = 0
 
@@ -212,6 +219,9 @@ class ServiceRuntime:
         reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], self.server)
         self._set_health(False)
         self.port = self._bind(f"{self.settings.grpc_host}:{self.settings.grpc_port}")
+        if self.tls is not None:  # plaintext has no certificate to expire
+            for name, not_after in certificate_expiry(self.tls).items():
+                metrics.tls_certificate_expiry().labels(name).set(not_after)
         self.metrics_port = metrics.start_metrics_server(
             self.settings.metrics_port, self.settings.grpc_host, self.tls
         )

@@ -3,6 +3,10 @@
 Services log events with ``extra={...}`` fields. Patient data never reaches a log line by
 construction: only pseudonymous counts, codes and timings are passed in ``extra`` — and the
 formatter drops any field named like an identifier, as a second line of defence.
+
+A line written while a span is current carries its ``trace_id`` and ``span_id`` (hex, as trace
+back-ends show them), so a study's log lines are found from its trace and the other way round,
+without a study key in either (``cxrmesh.runtime.tracing``).
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import logging
 import sys
 import time
 from pathlib import Path
+
+from opentelemetry import trace
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 # fields that would identify a patient or study, even pseudonymously; never emitted
@@ -32,6 +38,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            out["trace_id"] = trace.format_trace_id(span.trace_id)
+            out["span_id"] = trace.format_span_id(span.span_id)
         for key, value in record.__dict__.items():
             if key not in _STANDARD and key not in _FORBIDDEN and not key.startswith("_"):
                 out[key] = value if isinstance(value, str | int | float | bool | type(None)) else str(value)

@@ -23,6 +23,7 @@ from pydantic_settings import (
 from cxrmesh.contracts.ports import ANY_SERVICE, KAFKA, TRITON_GRPC, loopback
 from cxrmesh.runtime.kafka import KafkaConfig, KafkaSecurity
 from cxrmesh.runtime.tls import TlsFiles, resolve_tls
+from cxrmesh.runtime.tracing import TraceExport
 
 
 class ServiceSettings(BaseSettings):
@@ -73,6 +74,14 @@ class ServiceSettings(BaseSettings):
     tls_key_file: Path | None = Field(None, description="its private key, PEM")
     tls_ca_file: Path | None = Field(None, description="the CA that signs every peer of the mesh, PEM")
     insecure: bool = Field(False, description="serve and call plaintext gRPC (debugging only)")
+    # traces (cxrmesh.runtime.tracing): always made (trace ids in logs), exported only to an endpoint
+    otlp_endpoint: str = Field(
+        "", description="OTLP/gRPC collector as host:port; empty = spans are not exported"
+    )
+    otlp_insecure: bool = Field(False, description="plaintext to the collector (a local sidecar, debugging)")
+    otlp_ca_file: Path | None = Field(
+        None, description="CA of the collector's certificate, PEM; default the mesh CA, else the system's"
+    )
     # authorization and audit (S2): cxrmesh.runtime.authz, cxrmesh.runtime.audit
     auth_mode: Literal["enforce", "off"] = Field(
         "enforce", description="off = every caller may call every method (debugging only; logged loudly)"
@@ -117,6 +126,17 @@ class ServiceSettings(BaseSettings):
     def tls(self) -> TlsFiles | None:
         """The TLS files (None only with ``insecure``); raises ``TlsConfigError`` when they are missing."""
         return resolve_tls(self.tls_cert_file, self.tls_key_file, self.tls_ca_file, self.insecure)
+
+    def trace_export(self) -> TraceExport:
+        """Where this service's spans go: TLS verified by ``otlp_ca_file`` or the mesh CA, presenting
+        this service's certificate; ``tracing.setup(settings.service, settings.trace_export())``."""
+        return TraceExport(
+            endpoint=self.otlp_endpoint.strip(),
+            insecure=self.otlp_insecure,
+            ca=self.otlp_ca_file or self.tls_ca_file,
+            cert=self.tls_cert_file,
+            key=self.tls_key_file,
+        )
 
     @property
     def blob_location(self) -> str:

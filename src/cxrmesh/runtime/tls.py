@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from cryptography import x509
+
+from cxrmesh.runtime import tracing
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,22 @@ class TlsFiles:
         return out[0], out[1], out[2]
 
 
+def certificate_expiry(tls: TlsFiles) -> dict[str, float]:
+    """When the identity's certificate (``server``: the first of its chain file) and the earliest
+    certificate of its CA bundle (``ca``) stop being valid, as unix timestamps: for the expiry metric,
+    so an operator is warned before a handshake starts failing."""
+    chain, _, ca = tls.read()
+    out = {}
+    for name, pem, path in (("server", chain, tls.cert), ("ca", ca, tls.ca)):
+        try:
+            certs = x509.load_pem_x509_certificates(pem)
+        except ValueError as exc:
+            raise TlsConfigError(f"no PEM certificate in the TLS file {path}: {exc}") from exc
+        ends = [c.not_valid_after_utc.timestamp() for c in certs]
+        out[name] = ends[0] if name == "server" else min(ends)
+    return out
+
+
 def resolve_tls(cert: Path | None, key: Path | None, ca: Path | None, insecure: bool) -> TlsFiles | None:
     """The TLS files from settings, or None when plaintext was asked for; refuses anything in between."""
     given = [p for p in (cert, key, ca) if p is not None]
@@ -76,10 +95,13 @@ def channel_credentials(tls: TlsFiles) -> grpc.ChannelCredentials:
 
 
 def open_channel(target: str, tls: TlsFiles | None, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
-    """A channel to ``target`` with mutual TLS; plaintext only when ``tls`` is None (``insecure``)."""
+    """A channel to ``target`` with mutual TLS; plaintext only when ``tls`` is None (``insecure``).
+    Its calls carry the current trace (a client span each, the context in the metadata)."""
     if tls is None:
-        return grpc.insecure_channel(target, options=list(options))
-    return grpc.secure_channel(target, channel_credentials(tls), options=list(options))
+        channel = grpc.insecure_channel(target, options=list(options))
+    else:
+        channel = grpc.secure_channel(target, channel_credentials(tls), options=list(options))
+    return tracing.intercept_channel(channel)
 
 
 def triton_client_options(tls: TlsFiles | None) -> dict[str, Any]:

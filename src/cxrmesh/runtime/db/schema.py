@@ -50,7 +50,8 @@ Index(
     postgresql_where=studies.c.stuck_since.is_not(None),
 )
 
-# ... and the transactional outbox its relays publish (claimed under a lease: one relay per row)
+# ... and the transactional outbox its relays publish (claimed under a lease: one relay per row), with
+# the W3C trace context of the call that stored the row, so its record continues that call's trace
 outbox = Table(
     "outbox",
     metadata,
@@ -64,6 +65,8 @@ outbox = Table(
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("claimed_by", String(128)),
     Column("lease_until", Float),
+    Column("traceparent", String(128)),
+    Column("tracestate", Text),
 )
 Index(
     "outbox_pending",

@@ -3,7 +3,8 @@
 One module per job: ``config`` (KafkaConfig), ``errors``, ``headers`` (content-type), ``metrics``,
 ``security`` (KafkaSecurity: credentials), ``producer`` (EventProducer), ``events`` (Event, the
 handler contract, decoding), ``consumer`` (the loop and the delivery contract), ``backoff``,
-``batch`` (what may be committed), ``dead_letter`` and ``lag``. Import the public names from here.
+``batch`` (what may be committed), ``dead_letter``, ``lag`` and ``spans`` (the study trace across
+topics, see ``cxrmesh.runtime.tracing``). Import the public names from here.
 """
 
 from kafka.producer.future import RecordMetadata

@@ -20,6 +20,10 @@ Delivery contract (why the code looks the way it does):
   committed, so the group's next consumer gets them again.
 * Keys are study pseudonyms: they never reach a log line or a metric label. Logs carry topic,
   partition and offset; metrics carry topic, group, partition and outcome.
+* Each record gets a CONSUMER span, a child of the context its producer put in its headers, open
+  until its batch is committed (``spans``): retries and dependency waits are events on it, a give-up
+  its error status. While the handler runs, what it publishes under a record's key continues that
+  record's trace (``tracing.keyed``), and a lone event's span is the current one.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from cxrmesh.runtime.kafka.events import Event, Handler, call_handler, decode_re
 from cxrmesh.runtime.kafka.lag import LagGauge
 from cxrmesh.runtime.kafka.metrics import handle_seconds, messages_total
 from cxrmesh.runtime.kafka.producer import EventProducer
+from cxrmesh.runtime.kafka.spans import BatchSpans
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +130,7 @@ class Consumer:
         self._messages = messages_total()
         self._handle_time = handle_seconds()
         self._lag = LagGauge(cfg)
+        self._spans = BatchSpans({}, cfg.group_id)  # the batch being processed (empty between batches)
         self._dead_letters = DeadLetterWriter(cfg, producer, service, self._messages, self._hold)
 
     # -- public -------------------------------------------------------------------------------
@@ -276,6 +282,15 @@ class Consumer:
     # -- the batch ------------------------------------------------------------------------------
 
     def _process(self, records: Mapping[TopicPartition, Sequence[Any]]) -> None:
+        self._spans = BatchSpans(records, self.cfg.group_id)
+        try:
+            with self._spans.batch():
+                self._process_batch(records)
+        finally:
+            self._spans.end()
+            self._spans = BatchSpans({}, self.cfg.group_id)
+
+    def _process_batch(self, records: Mapping[TopicPartition, Sequence[Any]]) -> None:
         with self._lock:
             self._rebalanced = False
         batch = PolledBatch(records)
@@ -292,6 +307,8 @@ class Consumer:
                 else:  # never shown to the handler: dead-lettered at once, attempts=0
                     poison.append((rec, decoded, 0))
             if poison:
+                for rec, why, _ in poison:
+                    self._spans.failed(rec, why, "poison")
                 self._dead_letters.write(poison, "poison")
                 for rec, _, _ in poison:
                     batch.done(rec.topic, rec.partition, rec.offset)
@@ -302,7 +319,8 @@ class Consumer:
     def _call_handler(self, topic: str, events: Sequence[Event]) -> list[BaseException | None]:
         start = time.monotonic()
         try:
-            return call_handler(self.handler, events)
+            with self._spans.handling(events):
+                return call_handler(self.handler, events)
         finally:
             self._handle_time.labels(topic, self.cfg.group_id).observe(time.monotonic() - start)
 
@@ -328,6 +346,7 @@ class Consumer:
                     outage = outages.setdefault(where, _Outage(time.monotonic()))
                     if outage.within(self.cfg.unavailable_max_s):
                         outage.waits += 1
+                        self._spans.note(event, "dependency unavailable", result, event.attempt)
                         waiting.append(type(result).__name__)
                         self._messages.labels(topic, group, "unavailable").inc()
                         retry.append(self._again(event, raw, event.attempt))  # no attempt spent
@@ -336,19 +355,22 @@ class Consumer:
                     result = outage.expired(result)
                 if isinstance(result, PermanentError) or event.attempt >= self.cfg.max_attempts:
                     give_up.append((raw[where], result, event.attempt))
+                    self._spans.failed(event, result, "dead_lettered")
                     continue
                 self._messages.labels(topic, group, "retried").inc()
-                log.info(
-                    "kafka event failed, will retry",
-                    extra={
-                        "topic": event.topic,
-                        "partition": event.partition,
-                        "offset": event.offset,
-                        "group": group,
-                        "attempt": event.attempt,
-                        "error_type": type(result).__name__,
-                    },
-                )
+                self._spans.note(event, "retry", result, event.attempt)
+                with self._spans.within(event):  # the line carries the study's trace id
+                    log.info(
+                        "kafka event failed, will retry",
+                        extra={
+                            "topic": event.topic,
+                            "partition": event.partition,
+                            "offset": event.offset,
+                            "group": group,
+                            "attempt": event.attempt,
+                            "error_type": type(result).__name__,
+                        },
+                    )
                 retry.append(self._again(event, raw, event.attempt + 1))
                 steps.append(event.attempt)
             if give_up:

@@ -1,6 +1,7 @@
 """The protobuf producer: acks=all, idempotent where the broker can, a standard future per record.
 
-Keys are study pseudonyms: they go to the broker and nowhere else (no log line, no metric label).
+Keys are study pseudonyms: they go to the broker and nowhere else (no log line, no metric label, no
+span attribute). Every record continues the trace it is published in (``spans.start_publish``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from cxrmesh.runtime.kafka.config import KafkaConfig
 from cxrmesh.runtime.kafka.errors import KafkaConfigError, KafkaUnavailableError, PublishError
 from cxrmesh.runtime.kafka.headers import CONTENT_TYPE_HEADER, content_type
 from cxrmesh.runtime.kafka.metrics import publish_seconds, published_total
+from cxrmesh.runtime.kafka.spans import end_publish, start_publish
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +95,9 @@ class EventProducer:
         """Send without waiting; the future holds the RecordMetadata or a :class:`PublishError`.
 
         ``message`` may also be any object with ``SerializeToString()`` (an outbox replaying stored
-        bytes) when ``headers`` carry the content-type.
+        bytes) when ``headers`` carry the content-type. A ``traceparent`` (and ``tracestate``) in
+        ``headers`` names the trace the record continues (the outbox's stored one); without it, the
+        trace of ``key``'s record in the batch being handled, else the current one.
         """
         out = PublishFuture()
         out.set_running_or_notify_cancel()  # a send cannot be taken back: no cancel() racing the callbacks
@@ -103,15 +107,18 @@ class EventProducer:
         merged = dict(headers or {})
         if CONTENT_TYPE_HEADER not in merged:
             merged[CONTENT_TYPE_HEADER] = content_type(message)
+        span = start_publish(topic, key, merged)
         start = time.monotonic()
 
         def ok(md: RecordMetadata) -> None:
             self._latency.labels(topic).observe(time.monotonic() - start)
             self._published.labels(topic, "ok").inc()
+            end_publish(span, md.partition, md.offset)
             out.set_result(md)
 
         def failed(exc: BaseException) -> None:
             self._published.labels(topic, "error").inc()
+            end_publish(span, error=exc)
             log.warning("kafka publish failed", extra={"topic": topic, "error_type": type(exc).__name__})
             out.set_exception(PublishError(topic, f"{type(exc).__name__}: {exc}"))
 
