@@ -14,7 +14,7 @@ SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 # buf (proto lint and breaking-change check), pinned by tools/buf/package-lock.json
 BUF    := tools/buf/node_modules/.bin/buf
 
-.PHONY: install debs demo test test-faults lint format protos clean fuzz
+.PHONY: install debs demo test test-faults lint format protos monitoring clean fuzz
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
@@ -65,6 +65,12 @@ fuzz: $(STAMP)
 
 protos: $(STAMP)
 	$(BIN)/python protos/generate.py
+
+# regenerate the PrometheusRule and the Grafana dashboards (JSON + ConfigMap) from their sources
+# (k8s/monitoring/*-rules.yaml, scripts/dashboards.py); drift tests fail until the output is committed
+monitoring: $(STAMP)
+	$(BIN)/python scripts/monitoring_rules.py
+	$(BIN)/python scripts/dashboards.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache tools/buf/node_modules

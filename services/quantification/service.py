@@ -23,7 +23,7 @@ from prometheus_client import Counter
 
 from cxrmesh.analysis.landmarks import ChosenLandmarks, calibrated_confidence, choose_landmarks
 from cxrmesh.analysis.pixels import Letterbox, model_input
-from cxrmesh.analysis.quality import assess_quality
+from cxrmesh.analysis.quality import VERDICTS, assess_quality
 from cxrmesh.analysis.regions import LandmarkProblem, problem_code
 from cxrmesh.contracts import convert
 from cxrmesh.contracts.preprocessing import MODEL_SIZE
@@ -59,6 +59,8 @@ QUALITY_VERDICTS = metric(
     "Studies by the image quality gate's verdict (pass, flagged, refused).",
     ("verdict",),
 )
+for _verdict in VERDICTS:  # from 0: the first refusal is an increase
+    QUALITY_VERDICTS.labels(_verdict)
 LANDMARK_CONFIDENCE = metrics.landmark_confidence()
 LANDMARK_IMPLAUSIBLE = metrics.landmark_implausible()
 for _code in LandmarkProblem:

@@ -73,6 +73,10 @@ def mesh() -> Iterator[tuple[Mesh, MeshState]]:
         yield m, state
     finally:
         m.down()
+        # the processes' logs outlive the mesh, for a failed run's post-mortem (out/ is not committed)
+        kept = ROOT / "out" / "faults" / "logs"
+        shutil.rmtree(kept, ignore_errors=True)
+        shutil.copytree(Path(home) / "logs", kept, dirs_exist_ok=True)
         shutil.rmtree(home, ignore_errors=True)
 
 

@@ -18,10 +18,14 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 from plugins.kafka_broker import unique
+from plugins.kafka_clients import config
+from prometheus_client import REGISTRY
 
 from cxrmesh.local.broker import BrokerStartError, LocalBroker, TansuNotFoundError, ensure_topics, find_tansu
 from cxrmesh.local.ports import free_port
 from cxrmesh.local.s3 import CREDENTIALS, LocalS3, S3Target
+from cxrmesh.runtime.kafka import EventProducer, PublishError
+from cxrmesh.v1 import events_pb2
 
 pytestmark = pytest.mark.slow
 
@@ -252,3 +256,42 @@ def test_sigkilled_s3_keeps_every_acknowledged_write(s3: LocalS3) -> None:
     assert stat.S_IMODE(credentials.stat().st_mode) == 0o600
     assert t.secret_access_key not in s3.log_path.read_text()
     assert t.secret_access_key not in repr(t)
+
+
+def test_producer_renews_a_client_in_its_fatal_state(s3: LocalS3, tmp_path: Path) -> None:
+    """The mesh's own long-lived producer across an outage of the broker's store.
+
+    While the store is down the broker answers produce requests with UNKNOWN_SERVER_ERROR, which
+    puts kafka-python's idempotent client in its fatal state: every later send would fail, for
+    ever (the fault suite lost 292 studies that way: the outbox relay and the stages kept
+    retrying through a dead client). ``EventProducer`` replaces such a client, so once the store
+    is back the same producer publishes again.
+    """
+    topic = unique("fatal-client")
+    with LocalBroker(storage=s3.target, log_path=tmp_path / "tansu.log") as broker:
+        ensure_topics(broker.bootstrap, {topic: 1})
+        renewed = REGISTRY.get_sample_value("cxrmesh_kafka_producer_renewed_total") or 0.0
+        with EventProducer(config(broker.bootstrap, delivery_timeout_ms=20_000)) as producer:
+            assert producer.idempotent
+            producer.publish_sync(topic, "before", events_pb2.StudyIngested(study_key="before"))
+            s3.kill()
+            with pytest.raises(PublishError):
+                producer.publish_sync(topic, "during", events_pb2.StudyIngested(study_key="during"))
+            s3.start()
+            deadline = time.monotonic() + 60
+            while True:  # what the outbox relay does: send again until the broker acknowledges
+                try:
+                    producer.publish_sync(topic, "after", events_pb2.StudyIngested(study_key="after"))
+                    break
+                except PublishError:
+                    assert time.monotonic() < deadline, "the producer never published again"
+                    time.sleep(1)
+        assert (REGISTRY.get_sample_value("cxrmesh_kafka_producer_renewed_total") or 0.0) >= renewed + 1
+        consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False)
+        try:
+            consumer.assign([TopicPartition(topic, 0)])
+            consumer.seek_to_beginning()
+            keys = {k for *_, k, _ in read(consumer, 2)}
+        finally:
+            consumer.close()
+    assert {b"before", b"after"} <= keys

@@ -46,7 +46,8 @@ from cxrmesh.services.flow import FLOW
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 BASE = K8S / "base"
-MONITORING = K8S / "monitoring"  # plain Prometheus rule files and dashboard JSON: test_alert_rules, test_dashboards
+# plain Prometheus rule files and dashboard JSON: checked by test_alert_rules and test_dashboards
+MONITORING = K8S / "monitoring"
 OVERLAYS = sorted(p.parent for p in (K8S / "overlays").glob("*/kustomization.yaml"))
 SERVICE_FOLDERS = BASE / "services"
 TEMPLATE = SERVICE_FOLDERS / "template"

@@ -36,7 +36,8 @@ from scipy import ndimage as ndi
 
 from cxrmesh.analysis.regions import Lung
 
-Verdict = str  # "pass" | "flagged" | "refused"
+Verdict = str  # one of VERDICTS
+VERDICTS: tuple[Verdict, ...] = ("pass", "flagged", "refused")
 
 # "Chests" below: the 327 synthetic studies of the corpus-2000 val split (min-max) and RG1; the
 # negatives are those of tests/support/not_chest.py (RG1 turned for the rotations), all through the

@@ -54,7 +54,7 @@ from cxrmesh.runtime.kafka.errors import (
 )
 from cxrmesh.runtime.kafka.events import Event, Handler, call_handler, decode_record
 from cxrmesh.runtime.kafka.lag import LagGauge
-from cxrmesh.runtime.kafka.metrics import handle_seconds, messages_total
+from cxrmesh.runtime.kafka.metrics import CONSUMED_OUTCOMES, handle_seconds, messages_total, start_at_zero
 from cxrmesh.runtime.kafka.producer import EventProducer
 from cxrmesh.runtime.kafka.spans import BatchSpans
 
@@ -128,6 +128,8 @@ class Consumer:
         self._assignment: frozenset[TopicPartition] = frozenset()
         self._stop = threading.Event()  # replaced by run()'s: ends retry waits early
         self._messages = messages_total()
+        for topic in self.topics:  # every outcome from 0: the first dead letter is an increase
+            start_at_zero(self._messages, (topic, cfg.group_id), CONSUMED_OUTCOMES)
         self._handle_time = handle_seconds()
         self._lag = LagGauge(cfg)
         self._spans = BatchSpans({}, cfg.group_id)  # the batch being processed (empty between batches)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import threading
 import time
 from collections.abc import Mapping
 
@@ -19,7 +20,13 @@ from kafka.producer.future import RecordMetadata
 from cxrmesh.runtime.kafka.config import KafkaConfig
 from cxrmesh.runtime.kafka.errors import KafkaConfigError, KafkaUnavailableError, PublishError
 from cxrmesh.runtime.kafka.headers import CONTENT_TYPE_HEADER, content_type
-from cxrmesh.runtime.kafka.metrics import publish_seconds, published_total
+from cxrmesh.runtime.kafka.metrics import (
+    PUBLISHED_OUTCOMES,
+    publish_seconds,
+    published_total,
+    renewed_total,
+    start_at_zero,
+)
 from cxrmesh.runtime.kafka.spans import end_publish, start_publish
 
 log = logging.getLogger(__name__)
@@ -64,12 +71,27 @@ class EventProducer:
     def __init__(self, cfg: KafkaConfig):
         self.cfg = cfg
         idempotence = cfg.idempotence if cfg.idempotence is not None else _broker_supports_idempotence(cfg)
+        self.idempotent = idempotence
+        self._producer = self._make()
+        self._closed = False
+        self._renew_lock = threading.Lock()
+        self._published = published_total()
+        self._counted: set[str] = set()  # topics whose series exist
+        self._latency = publish_seconds()
+        self._renewed = renewed_total()
+        log.info(
+            "kafka producer ready",
+            extra={"client_id": cfg.client_id, "idempotent": idempotence, "compression": cfg.compression},
+        )
+
+    def _make(self) -> KafkaProducer:
+        cfg = self.cfg
         try:
-            self._producer = KafkaProducer(
+            return KafkaProducer(
                 **cfg.client_kwargs(),
                 client_id=cfg.client_id,
                 acks="all",
-                enable_idempotence=idempotence,
+                enable_idempotence=self.idempotent,
                 compression_type=cfg.compression,
                 linger_ms=cfg.linger_ms,
                 request_timeout_ms=cfg.request_timeout_ms,
@@ -80,14 +102,36 @@ class EventProducer:
             raise KafkaUnavailableError(f"no broker answered at {cfg.bootstrap}: {exc}") from exc
         except RuntimeError as exc:  # kafka-python: the codec library is not installed
             raise KafkaConfigError(f"compression {cfg.compression!r} is not available: {exc}") from exc
-        self.idempotent = idempotence
-        self._closed = False
-        self._published = published_total()
-        self._latency = publish_seconds()
-        log.info(
-            "kafka producer ready",
-            extra={"client_id": cfg.client_id, "idempotent": idempotence, "compression": cfg.compression},
-        )
+
+    def _usable(self) -> KafkaProducer:
+        """The client to send with: a new one in place of a client stuck in its fatal-error state.
+
+        Why: an idempotent client that gets a produce error it cannot classify (the broker's
+        UNKNOWN_SERVER_ERROR, say, while its storage is briefly down) enters a *fatal* state and
+        fails every later send; Kafka's rule for a fatal producer error is to close that producer
+        and make a new one (a new producer id, so new sequence numbers). The records it failed were
+        failed to their callers, who retry (the outbox relay, the stage consumers): at-least-once, as
+        ever. kafka-python 3.0 exposes the state only on its transaction manager (pinned in
+        constraints.txt; ``test_producer_renews_a_client_in_its_fatal_state`` breaks if it moves).
+        Runs on the caller's thread, never in the client's own I/O thread (whose callbacks cannot
+        close their client). Raises :class:`KafkaUnavailableError` when no broker answers the new one.
+        """
+        current = self._producer
+        manager = getattr(current, "_transaction_manager", None)
+        if manager is None or not manager.has_fatal_error():
+            return current
+        with self._renew_lock:
+            if self._producer is current:  # not renewed by another thread meanwhile
+                cause = type(getattr(manager, "_last_error", None) or KafkaError()).__name__
+                self._producer = self._make()
+                self._renewed.inc()
+                log.warning(
+                    "kafka producer renewed after a fatal client error; its failed records are retried"
+                    " by their senders",
+                    extra={"client_id": self.cfg.client_id, "error_type": cause},
+                )
+                threading.Thread(target=current.close, kwargs={"timeout": 0}, daemon=True).start()
+        return self._producer
 
     def publish(
         self, topic: str, key: str, message: Message, headers: Mapping[str, str] | None = None
@@ -109,6 +153,9 @@ class EventProducer:
             merged[CONTENT_TYPE_HEADER] = content_type(message)
         span = start_publish(topic, key, merged)
         start = time.monotonic()
+        if topic not in self._counted:  # both outcomes from 0: the first error is an increase
+            start_at_zero(self._published, (topic,), PUBLISHED_OUTCOMES)
+            self._counted.add(topic)
 
         def ok(md: RecordMetadata) -> None:
             self._latency.labels(topic).observe(time.monotonic() - start)
@@ -123,13 +170,13 @@ class EventProducer:
             out.set_exception(PublishError(topic, f"{type(exc).__name__}: {exc}"))
 
         try:
-            sent = self._producer.send(
+            sent = self._usable().send(
                 topic,
                 key=key.encode("utf-8"),
                 value=message.SerializeToString(),
                 headers=[(name, value.encode("utf-8")) for name, value in merged.items()],
             )
-        except KafkaError as exc:  # metadata not available in max_block_ms, record too large, closed
+        except (KafkaError, KafkaUnavailableError) as exc:  # no metadata in time, too large, no broker
             failed(exc)
             return out
         sent.add_callback(ok)
