@@ -25,7 +25,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from cxrmesh.local.mesh import MeshState
+from cxrmesh.local.mesh import MeshError, MeshState
 from cxrmesh.local.prometheus import PrometheusAPI
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -202,12 +202,14 @@ def render(board: dict, api: PrometheusAPI, minutes: int) -> Image.Image:
     return image
 
 
-def prometheus_url(home: Path) -> str:
+def mesh_prometheus(home: Path) -> PrometheusAPI:
     state = MeshState.load(home.resolve())
-    url = next((p.endpoint for p in state.procs if p.name == "prometheus"), "") if state else ""
-    if not url:
-        sys.exit(f"no Prometheus in the mesh of {home}: start it with `cxrmesh up --monitoring`")
-    return url
+    if state is None:
+        sys.exit(f"no mesh in {home}: start one with `cxrmesh up --monitoring`")
+    try:
+        return state.prometheus(timeout_s=30)
+    except MeshError as exc:
+        sys.exit(str(exc))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -215,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--home", type=Path, default=Path("data/mesh"), help="mesh home (its Prometheus)")
     where.add_argument("--prometheus", default="", help="Prometheus URL instead of a mesh home")
+    parser.add_argument("--password-file", type=Path, help="with --prometheus: its password (user ops)")
     where.add_argument("--drive", type=float, default=0, help="minutes of traffic on a throwaway mesh first")
     parser.add_argument("--minutes", type=int, default=15, help="time range drawn, ending now")
     parser.add_argument("--out", type=Path, default=OUT)
@@ -222,10 +225,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.drive:
         from mesh_traffic import mesh_with_traffic  # scripts/: only this mode starts a mesh
 
-        with mesh_with_traffic(args.drive) as url:
-            draw(PrometheusAPI(url, timeout_s=30), args.out, math.ceil(args.drive) + 1)
+        with mesh_with_traffic(args.drive) as state:
+            draw(state.prometheus(timeout_s=30), args.out, math.ceil(args.drive) + 1)
         return 0
-    draw(PrometheusAPI(args.prometheus or prometheus_url(args.home), timeout_s=30), args.out, args.minutes)
+    if args.prometheus:
+        api = PrometheusAPI(args.prometheus, args.password_file, timeout_s=30)
+    else:
+        api = mesh_prometheus(args.home)
+    draw(api, args.out, args.minutes)
     return 0
 
 

@@ -75,8 +75,9 @@ def drive(mesh: Mesh, state: MeshState, corpus: Path, minutes: float, every_s: f
 
 
 @contextmanager
-def mesh_with_traffic(minutes: float, every_s: float = 3.0, say: Callable = print) -> Iterator[str]:
-    """A throwaway mesh with monitoring that has had ``minutes`` of traffic; yields Prometheus' URL."""
+def mesh_with_traffic(minutes: float, every_s: float = 3.0, say: Callable = print) -> Iterator[MeshState]:
+    """A throwaway mesh with monitoring that has had ``minutes`` of traffic; yields its state
+    (``state.prometheus()`` is its Prometheus API)."""
     with tempfile.TemporaryDirectory(prefix="cxrmesh-traffic-") as tmp:
         corpus = Path(tmp, "corpus")
         generate(corpus, n=12, seed=11, write_dicom=True, workers=2)
@@ -85,6 +86,6 @@ def mesh_with_traffic(minutes: float, every_s: float = 3.0, say: Callable = prin
             state = mesh.up(timeout_s=300, progress=lambda m: say(f"starting {m}"))
             drive(mesh, state, corpus, minutes, every_s, say)
             time.sleep(20)  # the last studies through the pipeline, and scraped
-            yield next(p.endpoint for p in state.procs if p.name == "prometheus")
+            yield state
         finally:
             mesh.down()

@@ -12,10 +12,13 @@ tests/e2e (Tansu, Milvus Lite, tritonserver, the seven services), mutual TLS on.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,7 +34,6 @@ from cxrmesh.local.mesh import SERVICES, Mesh, MeshState
 from cxrmesh.local.pki import LocalCA
 from cxrmesh.local.prometheus import (
     PROMETHEUS,
-    PrometheusAPI,
     Target,
     copy_rules,
     monitoring_parts,
@@ -116,6 +118,15 @@ def test_the_written_config_passes_promtool(tmp_path: Path) -> None:
     prometheus = parts[1].argv
     assert "--web.listen-address=127.0.0.1:20005" in prometheus
     assert not any("lifecycle" in a or "admin-api" in a for a in prometheus)
+    # closed like every port: both processes take the basic-auth web config, which holds a bcrypt
+    # hash and never the password; the password file is the owner's only
+    web = tmp_path / "monitoring" / "web-config.yml"
+    assert all(f"--web.config.file={web}" in part.argv for part in parts)
+    checked = subprocess.run(["promtool", "check", "web-config", str(web)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    password = (tmp_path / "monitoring" / "web.password").read_text()
+    assert password not in web.read_text() and password not in config.read_text()
+    assert (tmp_path / "monitoring" / "web.password").stat().st_mode & 0o077 == 0
 
 
 def rules() -> list[dict[str, Any]]:
@@ -134,8 +145,7 @@ def dashboard_exprs() -> list[str]:
 class Monitored:
     def __init__(self, mesh: Mesh, state: MeshState):
         self.mesh, self.state = mesh, state
-        url = next(p.endpoint for p in state.procs if p.name == "prometheus")
-        self.api = PrometheusAPI(url)
+        self.api = state.prometheus()
 
 
 def _until(what: str, check: Callable[[], Any], timeout_s: float, every_s: float = 1.0) -> Any:
@@ -210,6 +220,19 @@ def test_every_target_is_up_with_job_and_replica(monitored: Monitored) -> None:
     alertmanager = next(p.endpoint for p in monitored.state.procs if p.name == "alertmanager")
     active = monitored.api.get("/api/v1/alertmanagers")["activeAlertmanagers"]
     assert [a["url"] for a in active] == [f"{alertmanager}/api/v2/alerts"]
+
+
+@pytest.mark.mesh
+def test_prometheus_and_alertmanager_refuse_callers_without_the_password(monitored: Monitored) -> None:
+    """Closed by default: no answer without the password, a wrong one is refused too (the
+    targets above being up shows Prometheus signs in to Alertmanager and to itself)."""
+    for name in ("prometheus", "alertmanager"):
+        url = next(p.endpoint for p in monitored.state.procs if p.name == name)
+        for headers in ({}, {"Authorization": "Basic " + base64.b64encode(b"ops:wrong").decode()}):
+            request = urllib.request.Request(f"{url}/-/ready", headers=headers)
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=5)
+            assert refused.value.code == 401, name
 
 
 @pytest.mark.mesh

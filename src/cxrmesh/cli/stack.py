@@ -99,11 +99,13 @@ def up(
 
 def _echo_monitoring(state: MeshState) -> None:
     """The monitoring UIs of a mesh started with --monitoring (nothing otherwise)."""
-    from cxrmesh.local.prometheus import monitoring_urls
+    from cxrmesh.local.prometheus import WEB_USER, monitoring_urls, web_password
 
-    parts = ((p.name, p.endpoint) for p in state.procs if p.kind == "monitoring")
+    parts = [(p.name, p.endpoint) for p in state.procs if p.kind == "monitoring"]
     for what, url in monitoring_urls(parts).items():
         typer.echo(f"{what + ':':<14} {url}")
+    if parts:
+        typer.echo(f"{'sign in:':<14} user {WEB_USER}, password in {web_password(Path(state.home))}")
 
 
 @app.command()

@@ -52,6 +52,7 @@ from cxrmesh.runtime.health_probe import health_status
 from cxrmesh.runtime.tls import PLAINTEXT_WARNING, TlsFiles, https_context, open_channel
 
 if TYPE_CHECKING:
+    from cxrmesh.local.prometheus import PrometheusAPI
     from cxrmesh.local.s3 import S3Target
     from cxrmesh.runtime.db import Database
     from cxrmesh.search.tls import MilvusTLS
@@ -134,6 +135,17 @@ class MeshState:
 
         files = identity_files(Path(self.home, PKI), MILVUS_CLIENT.name)
         return MilvusTLS(files.ca, files.cert, files.key)
+
+    def prometheus(self, timeout_s: float = 10.0) -> PrometheusAPI:
+        """The HTTP API of the mesh's Prometheus (``--monitoring``), signed in with its password file."""
+        from cxrmesh.local.prometheus import PrometheusAPI
+
+        url = next((p.endpoint for p in self.procs if p.name == "prometheus"), "")
+        if not url:
+            raise MeshError(
+                f"no Prometheus in the mesh of {self.home}: start it with `cxrmesh up --monitoring`"
+            )
+        return PrometheusAPI.of_mesh(Path(self.home), url, timeout_s)
 
     def milvus_token(self) -> str:
         return Path(self.milvus_token_file).read_text().strip() if self.milvus_token_file else ""

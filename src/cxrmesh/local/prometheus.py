@@ -12,16 +12,23 @@ mesh CA, so Prometheus presents the ``prometheus`` identity (role ``ops``, clien
 does in a cluster. Alerts go to a local Alertmanager whose only receiver is a null one: locally they
 are to be seen in the UIs and APIs, not sent anywhere.
 
-Access: both bind 127.0.0.1 only and have no authentication of their own (anyone logged in on this
-machine can read the metrics, which carry no study or patient identifiers). Prometheus runs without
+Access: both bind 127.0.0.1 only and are closed like every other port of the mesh: HTTP basic
+authentication (their ``--web.config.file``), user ``ops``, a password made once per mesh home and kept
+0600 in ``<home>/monitoring/web.password`` (only its bcrypt hash is in the web configs; the
+password itself is in no argv, log or URL). Prometheus signs in to Alertmanager and to itself with
+the same file (``password_file``). ``cxrmesh status`` says where the file is. Prometheus runs without
 ``--web.enable-lifecycle`` and without the admin API, so no one can reload, stop it or delete data
-over HTTP.
+over HTTP. Plain HTTP on loopback: no network hop to protect; a cluster's Prometheus is the
+operator's (k8s/base/monitoring.yaml).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
+import os
+import secrets
 import shutil
 import urllib.parse
 import urllib.request
@@ -40,6 +47,9 @@ SCRAPE_INTERVAL = "5s"  # locally; the cluster's PodMonitors use 30s
 RETENTION = "3d"
 RULES_DIR = Path(__file__).resolve().parents[3] / "k8s" / "monitoring"  # a source checkout's rules
 FOLDER = "monitoring"  # under the mesh home: configs, rule copies, TSDB, Alertmanager's data
+WEB_USER = "ops"
+PASSWORD_FILE = "web.password"  # in FOLDER, 0600
+WEB_CONFIG = "web-config.yml"  # in FOLDER: the bcrypt hash, for both processes' --web.config.file
 log = logging.getLogger(__name__)
 
 
@@ -60,6 +70,34 @@ class Part:
     argv: list[str]
     url: str
     ready: Callable[[], bool]
+
+
+def web_password(home: Path) -> Path:
+    """The file holding the local Prometheus/Alertmanager password (made once, 0600, then reused)."""
+    path = Path(home) / FOLDER / PASSWORD_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # made by a concurrent start: use it
+            return path
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(24))
+    return path
+
+
+def web_config(password_file: Path) -> dict[str, Any]:
+    """The ``--web.config.file`` of both processes: basic auth for ``WEB_USER``, bcrypt only."""
+    import bcrypt
+
+    hashed = bcrypt.hashpw(Path(password_file).read_text().strip().encode(), bcrypt.gensalt(rounds=10))
+    return {"basic_auth_users": {WEB_USER: hashed.decode()}}
+
+
+def authorization(password_file: Path) -> str:
+    """The ``Authorization`` header value that signs in as ``WEB_USER``."""
+    pair = f"{WEB_USER}:{Path(password_file).read_text().strip()}".encode()
+    return "Basic " + base64.b64encode(pair).decode()
 
 
 def binary(name: str) -> str:
@@ -138,10 +176,15 @@ def prometheus_config(
     rules: Sequence[Path],
     alertmanager: str,
     self_address: str,
+    password_file: Path | None = None,
 ) -> dict[str, Any]:
-    """prometheus.yml for a running mesh: its targets, the rules, the local Alertmanager."""
+    """prometheus.yml for a running mesh: its targets, the rules, the local Alertmanager (signing in
+    to it and to itself with ``password_file`` when given)."""
+    auth = {}
+    if password_file:
+        auth = {"basic_auth": {"username": WEB_USER, "password_file": str(password_file)}}
     own = [
-        {"job_name": name, "static_configs": [{"targets": [address], "labels": {"replica": "0"}}]}
+        {"job_name": name, "static_configs": [{"targets": [address], "labels": {"replica": "0"}}], **auth}
         for name, address in (("prometheus", self_address), ("alertmanager", alertmanager))
         if address
     ]
@@ -155,7 +198,7 @@ def prometheus_config(
         "scrape_configs": scrape_configs(targets, tls) + own,
     }
     if alertmanager:
-        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}], **auth}]}
     return config
 
 
@@ -166,10 +209,11 @@ ALERTMANAGER_CONFIG = {
 }
 
 
-def _answers(url: str) -> Callable[[], bool]:
+def _answers(url: str, password_file: Path) -> Callable[[], bool]:
     def ready() -> bool:
+        request = urllib.request.Request(url, headers={"Authorization": authorization(password_file)})
         try:
-            with urllib.request.urlopen(url, timeout=2) as reply:
+            with urllib.request.urlopen(request, timeout=2) as reply:
                 return reply.status == 200
         except OSError:
             return False
@@ -191,6 +235,9 @@ def monitoring_parts(
     am_port, prom_port = ports
     am_address, prom_address = f"127.0.0.1:{am_port}", f"127.0.0.1:{prom_port}"
 
+    password = web_password(home)
+    web = folder / WEB_CONFIG
+    web.write_text(yaml.safe_dump(web_config(password), sort_keys=False))
     am_config = folder / "alertmanager.yml"
     am_config.write_text(yaml.safe_dump(ALERTMANAGER_CONFIG, sort_keys=False))
     alertmanager = Part(
@@ -201,17 +248,18 @@ def monitoring_parts(
             f"--storage.path={folder / 'alertmanager'}",
             f"--web.listen-address={am_address}",
             f"--web.external-url=http://{am_address}",
+            f"--web.config.file={web}",
             "--cluster.listen-address=",  # one instance: no gossip port
         ],
         f"http://{am_address}",
-        _answers(f"http://{am_address}/-/ready"),
+        _answers(f"http://{am_address}/-/ready", password),
     )
 
     sources = rule_files(rules_dir)
     if not sources:
         log.warning("no rule files in %s: Prometheus runs without alerts", rules_dir)
     rules = copy_rules(sources, folder / "rules")
-    config = prometheus_config(targets, tls, rules, am_address, prom_address)
+    config = prometheus_config(targets, tls, rules, am_address, prom_address, password)
     prom_config = folder / "prometheus.yml"
     prom_config.write_text(yaml.safe_dump(config, sort_keys=False))
     prometheus = Part(
@@ -223,10 +271,11 @@ def monitoring_parts(
             f"--storage.tsdb.retention.time={RETENTION}",
             f"--web.listen-address={prom_address}",
             f"--web.external-url=http://{prom_address}",
+            f"--web.config.file={web}",
             # no --web.enable-lifecycle, no --web.enable-admin-api: nothing changes it over HTTP
         ],
         f"http://{prom_address}",
-        _answers(f"http://{prom_address}/-/ready"),
+        _answers(f"http://{prom_address}/-/ready", password),
     )
     return [alertmanager, prometheus]
 
@@ -247,12 +296,19 @@ def monitoring_urls(endpoints: Iterable[tuple[str, str]]) -> dict[str, str]:
 class PrometheusAPI:
     """The few calls of Prometheus' HTTP API (v1) that the tests and the figure script make."""
 
-    def __init__(self, url: str, timeout_s: float = 10.0):
+    def __init__(self, url: str, password_file: Path | None = None, timeout_s: float = 10.0):
         self.url, self.timeout_s = url.rstrip("/"), timeout_s
+        self._headers = {"Authorization": authorization(password_file)} if password_file else {}
+
+    @classmethod
+    def of_mesh(cls, home: Path, url: str, timeout_s: float = 10.0) -> PrometheusAPI:
+        """The API of the Prometheus of the mesh in ``home`` (signed in with its password file)."""
+        return cls(url, Path(home) / FOLDER / PASSWORD_FILE, timeout_s)
 
     def get(self, path: str, **params: str) -> Any:
         query = urllib.parse.urlencode(params)
-        with urllib.request.urlopen(f"{self.url}{path}?{query}", timeout=self.timeout_s) as reply:
+        request = urllib.request.Request(f"{self.url}{path}?{query}", headers=self._headers)
+        with urllib.request.urlopen(request, timeout=self.timeout_s) as reply:
             body = json.load(reply)
         if body.get("status") != "success":
             raise RuntimeError(f"{path}: {body.get('error', body)}")
