@@ -48,6 +48,7 @@ from cxrmesh.contracts.topics import PARTITIONS
 from cxrmesh.local import process
 from cxrmesh.local.pki import OPERATOR, LocalCA, identity_files, server_identity
 from cxrmesh.local.ports import free_port
+from cxrmesh.local.secret_files import keep_secret
 from cxrmesh.runtime.health_probe import health_status
 from cxrmesh.runtime.tls import PLAINTEXT_WARNING, TlsFiles, https_context, open_channel
 
@@ -295,10 +296,7 @@ class Mesh:
     def _secret(self) -> str:
         """The pseudonym key of this mesh: made once, kept (0600) so pseudonyms stay stable."""
         path = self.home / "deid.key"
-        if not path.exists():
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(secrets.token_hex(32))
+        keep_secret(path, lambda: secrets.token_hex(32))
         return path.read_text().strip()
 
     def _ca(self) -> LocalCA:

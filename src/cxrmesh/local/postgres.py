@@ -34,6 +34,7 @@ import psycopg
 from psycopg import sql
 
 from cxrmesh.local.ports import free_port
+from cxrmesh.local.secret_files import keep_secret
 from cxrmesh.runtime.tls import TlsFiles
 
 __all__ = ["LocalPostgres", "PostgresNotFound", "find_bindir"]
@@ -138,13 +139,7 @@ class LocalPostgres:
 
     def _ensure_password(self) -> bool:
         """Create the password file (0600, once); True when it was created now."""
-        if self.password_file.is_file():
-            return False
-        self.password_file.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(secrets.token_urlsafe(32))
-        return True
+        return keep_secret(self.password_file, lambda: secrets.token_urlsafe(32))
 
     @property
     def password(self) -> str:

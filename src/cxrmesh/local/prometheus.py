@@ -27,7 +27,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
 import secrets
 import shutil
 import urllib.parse
@@ -40,6 +39,7 @@ from typing import Any
 import yaml
 
 from cxrmesh.local.pki import Identity
+from cxrmesh.local.secret_files import keep_secret
 from cxrmesh.runtime.tls import TlsFiles
 
 PROMETHEUS = Identity("prometheus", ("ops",))  # CN prometheus, role ops, no server names: client only
@@ -75,14 +75,7 @@ class Part:
 def web_password(home: Path) -> Path:
     """The file holding the local Prometheus/Alertmanager password (made once, 0600, then reused)."""
     path = Path(home) / FOLDER / PASSWORD_FILE
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # made by a concurrent start: use it
-            return path
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_urlsafe(24))
+    keep_secret(path, lambda: secrets.token_urlsafe(24))
     return path
 
 

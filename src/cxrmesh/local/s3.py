@@ -53,6 +53,7 @@ from typing import Any
 
 from cxrmesh.local import process
 from cxrmesh.local.ports import free_port
+from cxrmesh.local.secret_files import keep_secret
 
 __all__ = [
     "LocalS3",
@@ -126,17 +127,12 @@ def credentials(data_dir: Path) -> tuple[str, str]:
     """This endpoint's access key id and secret: made once (0600), then reused so a restarted
     broker still signs in."""
     path = Path(data_dir) / CREDENTIALS
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def make() -> str:
         key = "AKIA" + secrets.token_hex(8).upper()
-        made = {"access_key_id": key, "secret_access_key": secrets.token_urlsafe(30)}
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another launcher made it first: use theirs
-            pass
-        else:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(made, fh)
+        return json.dumps({"access_key_id": key, "secret_access_key": secrets.token_urlsafe(30)})
+
+    keep_secret(path, make)
     data = json.loads(path.read_text())
     return data["access_key_id"], data["secret_access_key"]
 
