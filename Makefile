@@ -9,7 +9,7 @@ PIP    := $(BIN)/python -m pip
 DEMO   := out/demo
 # Debian packages the pipeline needs at run time: tesseract (burned-in text check at ingestion),
 # postgresql (the tests' and `cxrmesh up --database postgres`'s throwaway cluster: cxrmesh.local.postgres)
-DEBS   := tesseract-ocr postgresql prometheus prometheus-alertmanager
+DEBS   := tesseract-ocr postgresql prometheus prometheus-alertmanager dcmtk orthanc
 SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 # buf (proto lint and breaking-change check), pinned by tools/buf/package-lock.json
 BUF    := tools/buf/node_modules/.bin/buf

@@ -44,7 +44,9 @@ CALLER_FAULTS = (
     "INVALID_ARGUMENT|FAILED_PRECONDITION|PERMISSION_DENIED|UNAUTHENTICATED|NOT_FOUND|ALREADY_EXISTS"
     "|OUT_OF_RANGE|CANCELLED"
 )
-SERVICE_JOBS = 'job=~"ingestion|embedding|search|segmentation|quantification|prognosis|studyview"'
+SERVICE_JOBS = (
+    'job=~"ingestion|embedding|search|segmentation|quantification|prognosis|studyview|pacs-sender|gateway"'
+)
 # the SLOs of k8s/monitoring/slo-rules.yaml (recorded as slo:sli_error:ratio_rate<window>{slo}) and
 # their error budgets (1 - objective); tests/unit/test_dashboards.py checks these against the rules
 SLO_BUDGETS = {

@@ -64,6 +64,11 @@ FLOW: dict[str, Stage] = {
             (topics.STUDY_PROGNOSIS,),
             "prognosis",
         ),
+        # the DICOM front door: hands each instance to ingestion's Ingest (gRPC), touches no topic itself
+        Stage("gateway", (), ()),
+        # results back to the PACS once the last step (prognosis) is out; it publishes nothing
+        # one event at a time: an event may wait for the view and for slow PACS associations
+        Stage("pacs_sender", (topics.STUDY_PROGNOSIS,), (), max_batch=1),
         # the study view reads every step and the dead letters, so its own give-ups go elsewhere (no loop)
         Stage(
             "studyview",

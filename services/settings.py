@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from cxrmesh.runtime.settings import ServiceSettings
 from cxrmesh.services.embedding.settings import EmbeddingSettings
+from cxrmesh.services.gateway.settings import GatewaySettings
 from cxrmesh.services.ingestion.settings import IngestionSettings
+from cxrmesh.services.pacs_sender.settings import PacsSenderSettings
 from cxrmesh.services.prognosis.settings import PrognosisSettings
 from cxrmesh.services.quantification.settings import QuantificationSettings
 from cxrmesh.services.search.settings import SearchSettings
@@ -25,5 +27,7 @@ SETTINGS: dict[str, type[ServiceSettings]] = {
         QuantificationSettings,
         PrognosisSettings,
         StudyViewSettings,
+        GatewaySettings,
+        PacsSenderSettings,
     )
 }

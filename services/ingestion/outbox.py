@@ -15,6 +15,12 @@ anyway can duplicate a row (at-least-once, never on purpose).
 Each row keeps the W3C trace context current when it was stored (the ``Ingest`` or ``SubmitClinical``
 call's span, a re-drive's), and the relay publishes the record with it: the study's trace goes on
 from the call that accepted it, however late the record leaves (``cxrmesh.runtime.tracing``).
+
+A new study's sealed original identity (``cxrmesh.runtime.db.identities``) is written in that same
+transaction too. In a transaction of its own, a crash between the two commits would leave a study
+that is acknowledged and analysed but whose results can never be filed back under the original study
+in the PACS (or an identity with no study); together, either both rows exist or neither does, and a
+refused or duplicate upload writes none.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from sqlalchemy import Connection, func, insert, or_, select, text, update
 
 from cxrmesh.runtime import tracing
 from cxrmesh.runtime.db import Database, upsert
+from cxrmesh.runtime.db.identities import add_identity
 from cxrmesh.runtime.db.schema import outbox, studies
 
 _CLAIM_LOCK = 0x6378726D65736802  # pg_advisory_xact_lock key of the outbox claims
@@ -52,8 +59,18 @@ class Outbox:
     def __init__(self, db: Database):
         self.db = db
 
-    def add_study(self, study_key: str, patient_key: str, topic: str, type_name: str, event: bytes) -> bool:
-        """Store a study and its event atomically; False if the study was already there."""
+    def add_study(
+        self,
+        study_key: str,
+        patient_key: str,
+        topic: str,
+        type_name: str,
+        event: bytes,
+        *,
+        identity: bytes | None = None,
+    ) -> bool:
+        """Store a study, its event and its sealed ``identity`` atomically; False if the study was
+        already there (then nothing is written)."""
         with self.db.transaction() as conn:
             row = {
                 "study_key": study_key,
@@ -67,6 +84,8 @@ class Outbox:
             new = inserted.first() is not None  # nothing returned: the study was already there
             if new:
                 self._enqueue(conn, topic, study_key, type_name, event)
+                if identity is not None:
+                    add_identity(conn, study_key, identity)
             return new
 
     def has_study(self, study_key: str) -> bool:

@@ -2,8 +2,12 @@
 
 Ingest (client streaming): size check -> parse/validate/decode (cxrmesh.dicom) -> de-identify
 (PS3.15 basic profile, keyed pseudonyms) -> normalise to the model contract -> blobs (fsynced)
--> study + event committed in the outbox -> reply. The outbox relay publishes StudyIngested to
-Kafka until the broker confirms. Refusals are INVALID_ARGUMENT with the validator's reason.
+-> study + event + sealed original identity committed in the outbox -> reply. The outbox relay
+publishes StudyIngested to Kafka until the broker confirms. Refusals are INVALID_ARGUMENT with the
+validator's reason.
+
+The original identity (``cxrmesh.dicom.reidentify.capture``: the UIDs and Patient/Study values the
+de-identification replaced) leaves this service only sealed, for the PACS sender; it is never logged.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import warnings
 from collections.abc import Iterator
 
 import grpc
@@ -20,10 +25,12 @@ from cxrmesh.contracts import convert, topics
 from cxrmesh.contracts.errors import InvalidArgument, NotFound, Unavailable
 from cxrmesh.dicom.admit import process_dicom
 from cxrmesh.dicom.read import MAX_DICOM_BYTES
+from cxrmesh.dicom.reidentify import capture
 from cxrmesh.dicom.rejection import DicomRejected
 from cxrmesh.runtime import metrics
 from cxrmesh.runtime.blobs import NPY, array_bytes, open_blob_store
 from cxrmesh.runtime.db import open_database
+from cxrmesh.runtime.db.identities import IdentityVault
 from cxrmesh.runtime.grpc_server import ServiceRuntime
 from cxrmesh.runtime.kafka import EventProducer
 from cxrmesh.services import batch
@@ -43,6 +50,18 @@ def rejected() -> metrics.Counter:
     )
 
 
+def original_header(raw: bytes) -> pydicom.Dataset:
+    """The upload as received, without pixels: the identifiers the de-identification replaced.
+
+    Read again rather than kept from ``process_dicom``, which returns only what may leave this
+    service; the bytes have passed its bounded reading already. Warnings are silenced: pydicom's
+    name the values it finds odd, and these are identifiers.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pydicom.dcmread(io.BytesIO(raw), stop_before_pixels=True)
+
+
 def dicom_bytes(ds: pydicom.Dataset) -> bytes:
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
@@ -55,6 +74,7 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
         self.outbox = outbox
         self.blobs = open_blob_store(settings.blob_location)
         self.secret = settings.deid_secret.get_secret_value().encode()
+        self.vault = IdentityVault(self.secret)  # seals each study's original identity (PACS sender opens)
         self.pixels = settings.pixel_policy()
         metrics.ingest_accepted()  # exported at 0 from the start, before the first upload
 
@@ -102,12 +122,14 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
         )
         if header.HasField("clinical"):
             event.clinical.CopyFrom(header.clinical)
+        sealed = self.vault.seal(capture(original_header(raw), deid.dataset))
         new = self.outbox.add_study(
             key,
             deid.patient_key,
             topics.STUDY_INGESTED,
             event.DESCRIPTOR.full_name,
             event.SerializeToString(),
+            identity=sealed,
         )
         reply.duplicate = not new
         metrics.studies_total().labels("ingest", "accepted" if new else "duplicate").inc()

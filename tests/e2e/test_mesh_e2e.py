@@ -6,6 +6,11 @@ cases over gRPC; checks idempotency, refusals of bad DICOM, health, reflection a
 string of the raw files reaches Kafka, Milvus, logs or metrics. The mesh runs with mutual TLS (its
 default): every client here presents the mesh's operator certificate, and every service port and
 Triton's gRPC port refuse plaintext, certificate-less and foreign-CA clients.
+
+The mesh runs with its stand-in PACS (``pacs=True``: Debian's Orthanc): every complete study's SEG and
+SRs are stored back into it, re-identified; a study stored into Orthanc comes in through the DICOM
+gateway, and one stored by dcmtk's storescu still completes when the gateway is SIGKILLed right after
+it answered Success.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from cxrmesh.v1 import (
 
 pytestmark = pytest.mark.mesh
 RG1 = ("RG1_UNCR.dcm", "RG1_UNCI.dcm", "RG1_J2KR.dcm", "RG1_J2KI.dcm")
+E2E_SCU = "E2E-SCU"  # the AE title storescu calls from, on the gateway's allow-list
 
 
 class Running:
@@ -84,6 +90,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, corpus: Path) -> Iterator[Run
         home,
         ports="auto",
         env={"CXRMESH_KAFKA_SESSION_TIMEOUT_MS": "2000", "CXRMESH_KAFKA_HEARTBEAT_MS": "500"},
+        pacs=True,
+        dicom_senders=[E2E_SCU],
     )
     state = m.up(timeout_s=240)
     run = Running(m, state)
@@ -568,3 +576,95 @@ def test_health_follows_milvus(mesh: Running) -> None:
         assert time.monotonic() < deadline, "search stayed SERVING without Milvus"
         time.sleep(0.5)
     assert grpc_health(mesh.state.endpoint("ingestion"), tls=mesh.state.tls()) == "SERVING"
+
+
+# --- the hospital's way in and out: DICOM gateway and PACS ---------------------------------------------
+
+
+def _pacs_results(mesh: Running, study_uid: str, timeout_s: float = 240) -> list:
+    """The instances the PACS files under ``study_uid`` once it holds a SEG and two SRs."""
+    import io
+
+    import pydicom
+
+    from cxrmesh.local.pacs import pacs_api, results_in_pacs
+
+    api = pacs_api(mesh.mesh.home, mesh.state.orthanc)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        counts = results_in_pacs(api, study_uid)
+        if counts.get("SEG", 0) >= 1 and counts.get("SR", 0) >= 2:
+            break
+        assert time.monotonic() < deadline, f"the PACS holds only {counts} for the study"
+        time.sleep(1)
+    study = api.find_study(study_uid)
+    assert study is not None
+    return [pydicom.dcmread(io.BytesIO(api.instance_file(i["ID"]))) for i in api.study_instances(study)]
+
+
+def _new_study(source: Path, out: Path, name: str) -> tuple[Path, str]:
+    """A corpus file made a different patient's new study (fresh UIDs): not ingested before."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    ds = pydicom.dcmread(source)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.PatientID, ds.PatientName = f"E2E{name.upper()}", f"E2E^{name.capitalize()}"
+    path = out / f"{name}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path, str(ds.StudyInstanceUID)
+
+
+def test_results_are_filed_in_the_pacs_under_the_original_study(mesh: Running) -> None:
+    """RG1 came in over gRPC; its SEG and SRs reach the PACS re-identified, with nothing added."""
+    import pydicom
+
+    from cxrmesh.dicom.phi import phi_strings
+
+    original = pydicom.dcmread(get_testdata_file("RG1_UNCR.dcm"), stop_before_pixels=True)
+    instances = _pacs_results(mesh, str(original.StudyInstanceUID))
+    results = [ds for ds in instances if ds.Modality in ("SEG", "SR")]
+    assert {ds.Modality for ds in results} == {"SEG", "SR"}
+    seg = next(ds for ds in results if ds.Modality == "SEG")
+    refs = {
+        i.ReferencedSOPInstanceUID for s in seg.ReferencedSeriesSequence for i in s.ReferencedInstanceSequence
+    }
+    assert refs == {original.SOPInstanceUID}, "the SEG must point at the PACS's own image"
+    allowed = phi_strings(original)
+    for ds in results:
+        assert ds.StudyInstanceUID == original.StudyInstanceUID
+        assert (ds.PatientID, str(ds.PatientName)) == (original.PatientID, str(original.PatientName))
+        assert "PatientIdentityRemoved" not in ds
+        extra = {s for s in phi_strings(ds) if len(s) >= 4} - allowed
+        assert not extra, f"{ds.Modality} carries identifiers the original did not have: {sorted(extra)}"
+
+
+def test_storescu_then_gateway_killed_still_completes_and_the_pacs_loop(
+    mesh: Running, corpus: Path, tmp_path: Path
+) -> None:
+    """Success from the gateway means durable: SIGKILL it at once, the study still completes and its
+    results reach the PACS; restarted, it takes a study the PACS forwards (Orthanc -> gateway)."""
+    import subprocess
+
+    from cxrmesh.local.pacs import GATEWAY_AE, pacs_api
+
+    sources = sorted(corpus.rglob("*.dcm"))
+    direct, direct_uid = _new_study(sources[0], tmp_path, "direct")
+    host, port = mesh.state.dicom.rsplit(":", 1)
+    sent = subprocess.run(
+        ["storescu", "-v", "-aet", E2E_SCU, "-aec", GATEWAY_AE, host, port, str(direct)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert sent.returncode == 0 and "Success" in sent.stdout + sent.stderr, sent.stdout + sent.stderr
+    mesh.mesh.kill("gateway")
+    try:
+        _pacs_results(mesh, direct_uid)
+    finally:
+        mesh.mesh.restart("gateway", timeout_s=120)
+    forwarded, forwarded_uid = _new_study(sources[1], tmp_path, "forwarded")
+    pacs_api(mesh.mesh.home, mesh.state.orthanc).upload(forwarded.read_bytes())  # a modality stored it
+    instances = _pacs_results(mesh, forwarded_uid)
+    assert {ds.Modality for ds in instances} >= {"SEG", "SR"}

@@ -7,8 +7,10 @@ and the overlays, and the tests compare the rendered objects with the code - the
 their pydantic settings classes (``cxrmesh.services.settings``), their ports, the Kafka topics and
 partitions (``cxrmesh.contracts.topics``), what each service consumes (``cxrmesh.services.flow``) and
 the database connections each replica may open (``cxrmesh.runtime.db``) - and check probes, secrets,
-security and network policy. The files themselves (YAML, the kustomizations' references, each service
-folder's name and ports) are checked without a renderer; the tests of rendered objects are skipped when
+security and network policy (evaluated here: who reaches the database, the pods that handle
+identifiable data, the hospital network's one CIDR at the DICOM gateway and the PACS sender). The files
+themselves (YAML, the kustomizations' references, each service folder's name and ports) are checked
+without a renderer; the tests of rendered objects are skipped when
 neither kustomize nor kubectl is installed. ``kubernetes-validate`` checks every object of a Kubernetes
 API group against the 1.27 schema when it is installed; custom resources (CloudNativePG, Strimzi,
 cert-manager, the Prometheus operator, KEDA) have no schema offline and are checked field by field here.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import functools
+import ipaddress
 import math
 import os
 import re
@@ -36,6 +39,7 @@ from pydantic import SecretStr
 
 from cxrmesh.contracts import topics
 from cxrmesh.local import mesh
+from cxrmesh.local.pki import server_identity
 from cxrmesh.runtime import health_probe
 from cxrmesh.runtime.db import Database
 from cxrmesh.runtime.settings import ServiceSettings
@@ -76,6 +80,24 @@ TLS_ENV = {
 HEALTH_PROBE = ["python", "-m", "cxrmesh.runtime.health_probe"]
 ISSUER = {"name": "cxrmesh-ca", "kind": "Issuer", "group": "cert-manager.io"}
 DEV = K8S / "overlays" / "dev"
+# Services that talk to no Kafka, and why: their pods carry no Kafka credentials and send no audit there.
+NO_KAFKA = {"gateway": "touches no topic (FLOW): it hands each instance to ingestion, whose outbox publishes"}
+# Services that open no database, and why: no password, no CA, and the database does not admit them.
+NO_DATABASE = {"gateway": "keeps nothing: ingestion commits each study; and it faces the hospital network"}
+# Pods that handle identifiable data (label cxrmesh.io/phi: "true"), and why.
+PHI = {
+    "ingestion": "receives identifiable DICOM and de-identifies it",
+    "gateway": "receives identifiable DICOM from the hospital network",
+    "pacs_sender": "re-identifies the results it stores to the PACS",
+}
+PHI_LABEL = "cxrmesh.io/phi"
+# The hospital network (base/kustomization.yaml: the one literal the replacements copy into every ipBlock)
+HOSPITAL_NETWORK = "hospital-network"
+# the ports of the gateway open to the hospital network (GatewaySettings dicom_port / stow_port)
+FRONT_DOOR_PORTS = {"dicom": "dicom_port", "stow": "stow_port"}
+OUTSIDE = ""  # the namespace of a host outside the cluster (a modality, a PACS)
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
 # ----------------------------------------------------------------------------------------------- loading
@@ -149,6 +171,21 @@ def service_folders() -> dict[str, Path]:
         if (p / "kustomization.yaml").is_file()
         and kustomization(p).get("kind", "Kustomization") == "Kustomization"
     }
+
+
+def k8s_name(service: str) -> str:
+    """The service's Kubernetes name: names are DNS labels, so the package pacs_sender runs as pacs-sender."""
+    return service.replace("_", "-")
+
+
+def hospital_cidr() -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """The hospital network's CIDR, the literal of base/kustomization.yaml's hospital-network."""
+    generators = kustomization(BASE).get("configMapGenerator") or []
+    found = [g for g in generators if g["name"] == HOSPITAL_NETWORK]
+    assert len(found) == 1, f"base/kustomization.yaml: no {HOSPITAL_NETWORK} generator"
+    assert (found[0]["options"].get("annotations") or {}).get("config.kubernetes.io/local-config") == "true"
+    literals = dict(literal.split("=", 1) for literal in found[0]["literals"])
+    return ipaddress.ip_network(literals["cidr"])
 
 
 def service_values(folder: Path) -> dict[str, str]:
@@ -262,13 +299,33 @@ def container_env(container: dict[str, Any]) -> tuple[dict[str, str], dict[str, 
         assert ref["name"] in maps, f"{container['name']}: no ConfigMap {ref['name']} in the base"
         values.update(maps[ref["name"]])
     for item in container.get("env") or []:
-        if "value" in item:
+        key_ref = (item.get("valueFrom") or {}).get("configMapKeyRef")
+        if key_ref:  # a value kept in a ConfigMap of the base: it is known here
+            data = maps.get(key_ref["name"])
+            assert data is not None, f"{container['name']}: no ConfigMap {key_ref['name']} in the base"
+            assert key_ref["key"] in data, f"{container['name']}: ConfigMap {key_ref['name']} lacks {key_ref}"
+            values[item["name"]] = data[key_ref["key"]]
+            refs.pop(item["name"], None)
+        elif "value" in item:
             values[item["name"]] = str(item["value"])
             refs.pop(item["name"], None)
         else:
             refs[item["name"]] = item["valueFrom"]
             values.pop(item["name"], None)
     return values, refs
+
+
+def config_map_readers() -> dict[str, set[str]]:
+    """ConfigMap -> the services whose container reads it (envFrom or a configMapKeyRef)."""
+    readers: dict[str, set[str]] = {}
+    for service, (_, container) in service_workloads().items():
+        for source in container.get("envFrom") or []:
+            readers.setdefault(source["configMapRef"]["name"], set()).add(service)
+        for item in container.get("env") or []:
+            key_ref = (item.get("valueFrom") or {}).get("configMapKeyRef")
+            if key_ref:
+                readers.setdefault(key_ref["name"], set()).add(service)
+    return readers
 
 
 def effective_settings(service: str, container: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Any:
@@ -346,11 +403,13 @@ def surge(workload: dict[str, Any], replicas: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class Pod:
-    """A peer of a connection as NetworkPolicies see it: its labels and its namespace."""
+    """A peer of a connection as NetworkPolicies see it: its labels and namespace, or, for a host outside
+    the cluster, its address."""
 
     labels: dict[str, str]
-    namespace: str = "cxrmesh"
+    namespace: str = "cxrmesh"  # OUTSIDE: a host outside the cluster
     ports: dict[str, int] = dataclasses.field(default_factory=dict)  # named, for rules naming them
+    ip: str | None = None  # hosts outside the cluster only: what ipBlock peers name
 
 
 def label_selected(selector: dict[str, Any] | None, labels: dict[str, str]) -> bool:
@@ -372,8 +431,16 @@ def label_selected(selector: dict[str, Any] | None, labels: dict[str, str]) -> b
 
 
 def _peer_matches(peer: dict[str, Any], pod: Pod, policy_namespace: str) -> bool:
-    if "ipBlock" in peer:
-        return False  # none of the policies names pods by address
+    if "ipBlock" in peer:  # addresses outside the cluster (the hospital network), never pods here
+        if pod.ip is None:
+            return False
+        address = ipaddress.ip_address(pod.ip)
+        block = peer["ipBlock"]
+        return address in ipaddress.ip_network(block["cidr"]) and not any(
+            address in ipaddress.ip_network(cidr) for cidr in block.get("except") or []
+        )
+    if pod.namespace == OUTSIDE:
+        return False  # pod and namespace selectors name pods of the cluster only
     if "namespaceSelector" in peer:
         in_namespace = label_selected(
             peer["namespaceSelector"], {"kubernetes.io/metadata.name": pod.namespace}
@@ -485,7 +552,7 @@ def test_every_service_is_a_folder_on_the_template(monkeypatch: pytest.MonkeyPat
         assert components[:1] == [TEMPLATE.resolve()], f"{folder}: the template must come first"
         values = service_values(folder)
         cls = settings_class(service)
-        assert values["name"] == service
+        assert values["name"] == k8s_name(service)
         assert int(values["grpc-port"]) == cls.model_fields["grpc_port"].default, f"{service}: gRPC port"
         assert int(values["metrics-port"]) == cls.model_fields["metrics_port"].default, f"{service}: metrics"
 
@@ -494,11 +561,36 @@ def test_no_placeholder_or_local_config_is_rendered() -> None:
     docs = base_docs()
     assert not of_kind(docs, "Secret"), "Secrets are created by hand (k8s/README.md), not applied"
     assert not [d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-values")]
+    assert not [d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"] == HOSPITAL_NETWORK]
     for doc in docs:
         assert not doc["metadata"]["name"].startswith("service"), f"a template placeholder: {doc['kind']}"
+        annotations = doc["metadata"].get("annotations") or {}
+        assert "config.kubernetes.io/local-config" not in annotations, doc["metadata"]["name"]
     for workload, container in service_workloads().values():
         assert container["name"] == workload["metadata"]["name"], "the container is named after its service"
         assert 0 not in named_ports(container).values(), f"{container['name']}: a placeholder port"
+
+
+@pytest.mark.parametrize("overlay", [BASE, *OVERLAYS], ids=["base", *[o.name for o in OVERLAYS]])
+def test_names_are_dns_names(overlay: Path) -> None:
+    """What the API server would refuse (the schemas do not say it): object names are DNS subdomains,
+    Service names and container names DNS labels (RFC 1035 for Services), and so are the Secrets and
+    ConfigMaps the pods name - no underscore, which a package name may have (pacs_sender)."""
+    for doc in rendered(overlay):
+        name = doc["metadata"]["name"]
+        assert len(name) <= 253 and DNS_SUBDOMAIN.match(name), f"{doc['kind']} {name!r}"
+        if doc["kind"] == "Service":
+            assert len(name) <= 63 and DNS_LABEL.match(name) and name[0].isalpha(), f"Service {name!r}"
+        if doc["kind"] not in WORKLOAD_KINDS:
+            continue
+        for c in all_containers(doc):
+            assert len(c["name"]) <= 63 and DNS_LABEL.match(c["name"]), f"container {c['name']!r}"
+            for item in c.get("env") or []:
+                for ref in (item.get("valueFrom") or {}).values():
+                    assert "name" not in ref or DNS_SUBDOMAIN.match(ref["name"]), f"{c['name']}: {ref}"
+        for volume in pod_spec(doc).get("volumes") or []:
+            secret = (volume.get("secret") or {}).get("secretName")
+            assert secret is None or DNS_SUBDOMAIN.match(secret), f"{name}: Secret {secret!r}"
 
 
 def test_namespace_and_unique_names() -> None:
@@ -533,14 +625,22 @@ def test_env_names_are_settings_of_that_service(service: str) -> None:
 
 
 def test_shared_config_holds_only_common_settings() -> None:
+    """A ConfigMap holds settings of every service that reads it: the shared one (read by all) only
+    common settings, a service's own (gateway-config, pacs-destinations) that service's; none a secret."""
     common = set(env_fields(ServiceSettings)) | direct_env_reads()
     assert "CXRMESH_S3_ENDPOINT" in direct_env_reads()  # the scan finds what blobs.py reads
     secrets = {env_name(ServiceSettings, f) for f in secret_fields(ServiceSettings)}
-    for cls in ServiceSettings.__subclasses__():
+    for service in service_packages():
+        cls = settings_class(service)
         secrets |= {env_name(cls, f) for f in secret_fields(cls)}
+    readers = config_map_readers()
+    assert readers["cxrmesh-config"] == service_packages(), "every service reads the shared settings"
     for name, data in config_maps().items():
         keys = {k for k in data if k.startswith("CXRMESH_")}
-        assert keys <= common, f"ConfigMap {name}: {sorted(keys - common)} are not common settings"
+        known = set(common)
+        if readers.get(name):
+            known |= set.intersection(*(set(env_fields(settings_class(s))) for s in readers[name]))
+        assert keys <= known, f"ConfigMap {name}: {sorted(keys - known)} are not settings of its readers"
         assert not keys & secrets, f"ConfigMap {name} holds secrets {sorted(keys & secrets)}"
         assert not [k for k in data if SECRET_LIKE.search(k)], f"ConfigMap {name} holds a secret-like key"
 
@@ -596,9 +696,11 @@ def test_storage_grace_and_endpoints(service: str, monkeypatch: pytest.MonkeyPat
     triton_host, triton_port = s.triton_url.rsplit(":", 1)
     triton = services[triton_host]
     assert int(triton_port) in [p["port"] for p in triton["spec"]["ports"] if p["name"] == "grpc"]
-    if hasattr(s, "search_url"):
-        host, port = s.search_url.rsplit(":", 1)
-        assert host == "search" and int(port) == services["search"]["spec"]["ports"][0]["port"]
+    for peer in ("search", "ingestion", "studyview"):  # the services it calls: their Service's gRPC port
+        if hasattr(s, f"{peer}_url"):
+            host, port = getattr(s, f"{peer}_url").rsplit(":", 1)
+            grpc = [p["port"] for p in services[k8s_name(peer)]["spec"]["ports"] if p["name"] == "grpc"]
+            assert host == k8s_name(peer) and [int(port)] == grpc, f"{service}: {peer}_url"
     if hasattr(s, "milvus_uri"):
         assert s.milvus_uri, "search needs a Milvus server (CXRMESH_MILVUS_URI), not Milvus Lite"
         # a server's growing corpus: a graph index, with parameters the index type knows
@@ -672,6 +774,11 @@ def test_every_service_uses_the_cnpg_database(service: str, monkeypatch: pytest.
     cluster = database_cluster()
     name, initdb = cluster["metadata"]["name"], cluster["spec"]["bootstrap"]["initdb"]
     workload, container = service_workloads()[service]
+    if service in NO_DATABASE:  # no credential it does not need
+        _, refs = container_env(container)
+        assert "CXRMESH_DATABASE_PASSWORD" not in refs, f"{service}: {NO_DATABASE[service]}"
+        assert f"{name}-ca" not in secret_mounts(workload, container).values(), service
+        return
     s = effective_settings(service, container, monkeypatch)
     url = urlsplit(s.database_url)
     query = {k: v[-1] for k, v in parse_qs(url.query).items()}
@@ -700,6 +807,8 @@ def test_database_connections_fit_max_connections(monkeypatch: pytest.MonkeyPatc
     params = database_cluster()["spec"]["postgresql"]["parameters"]
     needed = int(params.get("superuser_reserved_connections", 3)) + DB_HEADROOM
     for service, (workload, container) in service_workloads().items():
+        if service in NO_DATABASE:
+            continue
         settings = effective_settings(service, container, monkeypatch)
         db = Database("postgresql://budget@localhost/budget", "", settings.database_pool_size, migrate=False)
         try:  # no connection is made: only the pool's limits are read
@@ -720,6 +829,10 @@ def test_only_the_services_reach_the_database() -> None:
     cluster = database_cluster()
     primary, standby = database_pod(cluster), database_pod(cluster, "replica")
     for service, (workload, _) in service_workloads().items():
+        if service in NO_DATABASE:  # the database's own policy refuses it, whatever its egress says
+            pod = workload_pod(workload)
+            assert not _allowed("Ingress", primary, pod, 5432, primary), f"{service}: {NO_DATABASE[service]}"
+            continue
         assert connects(workload_pod(workload), primary, 5432), f"{service} cannot reach the database"
         assert not connects(workload_pod(workload), primary, 8000), f"{service} reaches the status port"
     assert connects(standby, primary, 5432), "streaming replication"
@@ -769,6 +882,38 @@ def test_secrets_come_from_secret_refs() -> None:
                 assert "secretKeyRef" in refs[name], f"{service}: {name} not from a Secret"
 
 
+def test_every_secret_a_pod_needs_is_documented() -> None:
+    """Each Secret a pod reads (by key or as a volume) is either made by an operator (cert-manager's
+    certificates, CloudNativePG's -app and -ca) or in secret.template.yaml with that key, and the
+    README's steps create it (the per-service <name>-kafka Secrets follow ingestion-kafka's example)."""
+    template = {d["metadata"]["name"]: d["stringData"] for d in load_docs(BASE / "secret.template.yaml")}
+    readme = (K8S / "README.md").read_text()
+    cluster = database_cluster()["metadata"]["name"]
+    operators = set(certificates(base_docs())) | {f"{cluster}-app", f"{cluster}-ca"}
+
+    def documented(name: str) -> dict[str, str] | None:
+        return template.get(name) or (template["ingestion-kafka"] if name.endswith("-kafka") else None)
+
+    for workload in of_kind(base_docs(), *WORKLOAD_KINDS):
+        for container in all_containers(workload):
+            for item in container.get("env") or []:
+                ref = (item.get("valueFrom") or {}).get("secretKeyRef")
+                if ref and ref["name"] not in operators:
+                    data = documented(ref["name"])
+                    assert data and ref["key"] in data, f"{container['name']}: {ref} not in the template"
+        for volume in pod_spec(workload).get("volumes") or []:
+            secret = (volume.get("secret") or {}).get("secretName")
+            assert secret is None or secret in operators or documented(secret), f"Secret {secret}"
+    for name in template:
+        assert name.endswith("-kafka") or f"create secret generic {name}" in readme, (
+            f"k8s/README.md does not create Secret {name}"
+        )
+    kafka_users = {k8s_name(s) for s in service_packages() - set(NO_KAFKA)}
+    for text in (readme, (BASE / "secret.template.yaml").read_text()):
+        loops = re.findall(r"for svc in ([\w -]+); do", text)
+        assert [set(loop.split()) for loop in loops] == [kafka_users], f"the <name>-kafka Secrets: {loops}"
+
+
 def test_pods_are_locked_down() -> None:
     for workload in of_kind(base_docs(), *WORKLOAD_KINDS):
         name = workload["metadata"]["name"]
@@ -791,10 +936,36 @@ def test_pods_are_locked_down() -> None:
         assert pod_spec(workload)["securityContext"].get("runAsUser") == SERVICES_UID
 
 
-def test_ingestion_phi_stays_in_the_namespace() -> None:
+def test_exactly_the_phi_services_are_labelled() -> None:
+    labelled = {
+        service
+        for service, (workload, _) in service_workloads().items()
+        if workload["spec"]["template"]["metadata"]["labels"].get(PHI_LABEL) == "true"
+    }
+    assert labelled == set(PHI), f"{PHI_LABEL} on {sorted(labelled)}; PHI is handled by {sorted(PHI)}"
+
+
+def applying_policies(labels: dict[str, str], direction: str) -> list[dict[str, Any]]:
+    return [
+        p
+        for p in of_kind(base_docs(), "NetworkPolicy")
+        if direction in p["spec"]["policyTypes"] and label_selected(p["spec"]["podSelector"], labels)
+    ]
+
+
+@pytest.mark.parametrize("service", sorted(PHI))
+def test_phi_stays_in_the_namespace(service: str) -> None:
+    """Pods that handle identifiable data: nothing outside the namespace reaches them but Prometheus (the
+    metrics port) and the hospital network (the gateway's DICOM and STOW-RS ports, nothing else), and
+    their egress is restricted, outside the cluster to the hospital network alone."""
     policies = of_kind(base_docs(), "NetworkPolicy")
-    workload, container = service_workloads()["ingestion"]
+    workload, container = service_workloads()[service]
     labels = workload["spec"]["template"]["metadata"]["labels"]
+    ports = named_ports(container)
+    front_door = {name for name in FRONT_DOOR_PORTS if name in ports} | {
+        ports[name] for name in FRONT_DOOR_PORTS if name in ports
+    }
+    hospital = str(hospital_cidr())
     deny = [
         p
         for p in policies
@@ -803,19 +974,116 @@ def test_ingestion_phi_stays_in_the_namespace() -> None:
         and not p["spec"].get("ingress")
     ]
     assert deny, "a default-deny ingress policy is needed"
-    applying = [p for p in policies if label_selected(p["spec"]["podSelector"], labels)]
-    for policy in applying:
+    for policy in applying_policies(labels, "Ingress"):
+        name = policy["metadata"]["name"]
         for rule in policy["spec"].get("ingress") or []:
-            ports = {p.get("port") for p in rule.get("ports") or []}
-            if ports and ports <= {"metrics", named_ports(container)["metrics"]}:
+            rule_ports = {p.get("port") for p in rule.get("ports") or []}
+            if rule_ports and rule_ports <= {"metrics", ports["metrics"]}:
                 continue  # Prometheus may scrape from its namespace
             peers = rule.get("from")
-            assert peers, f"{policy['metadata']['name']}: an ingress rule open to everyone reaches ingestion"
+            assert peers, f"{name}: an ingress rule open to everyone reaches {service}"
             for peer in peers:
-                assert set(peer) == {"podSelector"}, (
-                    f"{policy['metadata']['name']}: ingestion's gRPC (identifiable DICOM) open to {peer}"
-                )
-    assert any("Egress" in p["spec"]["policyTypes"] for p in applying), "ingestion egress is not restricted"
+                if set(peer) == {"ipBlock"}:  # the hospital network, on the front-door ports only
+                    assert peer["ipBlock"]["cidr"] == hospital, f"{name}: {peer} is not the hospital CIDR"
+                    assert rule_ports and rule_ports <= front_door, f"{name}: {service} {rule_ports} opened"
+                    continue
+                assert set(peer) == {"podSelector"}, f"{name}: {service} (identifiable data) open to {peer}"
+    egress = applying_policies(labels, "Egress")
+    assert egress, f"{service}: egress is not restricted"
+    for policy in egress:
+        for rule in policy["spec"].get("egress") or []:
+            for peer in rule.get("to") or []:
+                if "ipBlock" in peer:
+                    assert peer["ipBlock"]["cidr"] == hospital, f"{policy['metadata']['name']}: {peer}"
+
+
+def test_the_hospital_network_is_one_cidr() -> None:
+    """Every ipBlock of the base is the hospital CIDR of base/kustomization.yaml (the replacements put it
+    there): never the whole internet, never a placeholder left over."""
+    cidr = hospital_cidr()
+    assert cidr.prefixlen > 0, "the hospital network must not be every address"
+    blocks = [
+        peer["ipBlock"]
+        for policy in of_kind(base_docs(), "NetworkPolicy")
+        for rule in (policy["spec"].get("ingress") or []) + (policy["spec"].get("egress") or [])
+        for peer in (rule.get("from") or []) + (rule.get("to") or [])
+        if "ipBlock" in peer
+    ]
+    assert blocks, "no policy names the hospital network"
+    assert all(ipaddress.ip_network(b["cidr"]) == cidr for b in blocks), blocks
+
+
+def outside_hosts() -> tuple[str, str]:
+    """An address of the hospital network and one outside it (TEST-NET-3, unless that is the hospital's)."""
+    cidr = hospital_cidr()
+    inside = str(next(cidr.hosts()))
+    outside = next(
+        a for a in ("203.0.113.7", "198.51.100.7", "2001:db8::7") if ipaddress.ip_address(a) not in cidr
+    )
+    return inside, outside
+
+
+def test_the_gateway_opens_dicom_and_stow_to_the_hospital_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The DICOM gateway: its Storage SCP and STOW-RS listen on the pod IP on the ports of its settings,
+    behind the gateway-dicom Service (named ports dicom, stow); the hospital network reaches those two
+    ports and nothing else of the mesh, other addresses nothing; senders are refused until the site
+    lists them; STOW-RS needs a token from a Secret; the gateway reaches ingestion and no database."""
+    workload, container = service_workloads()["gateway"]
+    s = effective_settings("gateway", container, monkeypatch)
+    ports = named_ports(container)
+    for name, field in FRONT_DOOR_PORTS.items():
+        assert ports.get(name) == getattr(s, field), f"container port {name} != {field}"
+    assert s.dicom_host == s.stow_host == "0.0.0.0", "the SCP and STOW-RS must listen on the pod IP"
+    assert s.allowed_senders == [], "closed by default: no calling AE title may store until listed"
+    _, refs = container_env(container)
+    assert refs["CXRMESH_STOW_TOKEN"]["secretKeyRef"] == {"name": "gateway-stow", "key": "token"}
+    service = next(d for d in of_kind(base_docs(), "Service") if d["metadata"]["name"] == "gateway-dicom")
+    assert service["spec"]["type"] == "ClusterIP", "the base exposes nothing: an overlay chooses how"
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {n: ports[n] for n in FRONT_DOOR_PORTS}
+    cert = certificates(base_docs())["gateway-tls"]["spec"]
+    assert "gateway-dicom.cxrmesh.svc" in cert["dnsNames"], "DICOM TLS serves the service certificate"
+
+    gateway = workload_pod(workload)
+    inside, outside = outside_hosts()
+    modality, stranger = Pod({}, OUTSIDE, ip=inside), Pod({}, OUTSIDE, ip=outside)
+    for name in FRONT_DOOR_PORTS:
+        assert connects(modality, gateway, ports[name]), f"the hospital network cannot reach {name}"
+        assert not connects(stranger, gateway, ports[name]), f"{outside} reaches {name}"
+    for name in ("grpc", "metrics"):
+        assert not connects(modality, gateway, ports[name]), f"the hospital network reaches {name}"
+    ingestion, _ = service_workloads()["ingestion"]
+    ingestion_pod = workload_pod(ingestion)
+    assert connects(gateway, ingestion_pod, ingestion_pod.ports["grpc"]), "the gateway cannot reach ingestion"
+    assert not connects(gateway, Pod({}, OUTSIDE, {"dicom": 104}, ip=inside), 104), "the gateway sends out"
+    for other in service_packages() - {"gateway", "ingestion"}:
+        pod = workload_pod(service_workloads()[other][0])
+        assert not connects(gateway, pod, pod.ports["grpc"]), f"the gateway reaches {other}"
+    assert not [
+        d for d in of_kind(base_docs(), "Service") if d["spec"].get("type") not in (None, "ClusterIP")
+    ]
+
+
+def test_the_pacs_sender_sends_to_the_hospital_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The PACS sender: no destination until the site names one, the de-identification key from the
+    Secret (it opens the sealed re-identification table), and a way out to the hospital network and to
+    the study view, not to other addresses."""
+    workload, container = service_workloads()["pacs_sender"]
+    s = effective_settings("pacs_sender", container, monkeypatch)
+    assert s.destinations == [], "send nothing until the site names its PACS"
+    _, refs = container_env(container)
+    assert refs["CXRMESH_DEID_SECRET"]["secretKeyRef"] == {
+        "name": "cxrmesh-secrets",
+        "key": "CXRMESH_DEID_SECRET",
+    }
+    sender = workload_pod(workload)
+    inside, outside = outside_hosts()
+    for port in (104, 11112, 2762):
+        assert connects(sender, Pod({}, OUTSIDE, ip=inside), port), (
+            f"the PACS sender cannot reach port {port}"
+        )
+        assert not connects(sender, Pod({}, OUTSIDE, ip=outside), port), f"the PACS sender reaches {outside}"
+    studyview = workload_pod(service_workloads()["studyview"][0])
+    assert connects(sender, studyview, studyview.ports["grpc"]), "the PACS sender cannot reach the study view"
 
 
 # ----------------------------------------------------------------------------- availability and scaling
@@ -896,10 +1164,11 @@ def test_lag_autoscaling_component_follows_the_flow(tmp_path: Path) -> None:
     docs = rendered(tmp_path)
     partitions = topic_partitions(docs)
     bootstrap = config_maps()["cxrmesh-config"]["CXRMESH_KAFKA_BOOTSTRAP"]
-    scaled = {s["spec"]["scaleTargetRef"]["name"]: s for s in of_kind(docs, "ScaledObject")}
+    services = {k8s_name(s): s for s in service_packages()}  # Deployment -> service
+    scaled = {services[s["spec"]["scaleTargetRef"]["name"]]: s for s in of_kind(docs, "ScaledObject")}
     consumers = {name for name, stage in FLOW.items() if stage.consumes}
     assert set(scaled) == consumers
-    hpas = {h["spec"]["scaleTargetRef"]["name"] for h in of_kind(docs, "HorizontalPodAutoscaler")}
+    hpas = {services[h["spec"]["scaleTargetRef"]["name"]] for h in of_kind(docs, "HorizontalPodAutoscaler")}
     assert hpas == service_packages() - consumers, "one autoscaler per service: KEDA's or the CPU one"
     for name, obj in scaled.items():
         spec = obj["spec"]
@@ -974,10 +1243,13 @@ def test_every_service_mounts_its_certificate(service: str) -> None:
     cert = certificates(base_docs()).get(secrets.pop())
     assert cert is not None, f"{service}: its TLS Secret is not a cert-manager Certificate's"
     spec = cert["spec"]
-    assert spec["commonName"] == service
-    assert spec["subject"]["organizationalUnits"] == ["mesh"], "service certificates carry the mesh role"
+    identity = server_identity(service)  # the local mesh's: same name, same roles
+    assert spec["commonName"] == identity.name == service
+    assert spec["subject"]["organizationalUnits"] == list(identity.roles), f"{service}: roles differ"
+    assert identity.roles[0] == "mesh", "service certificates carry the mesh role"
     assert {"server auth", "client auth"} <= set(spec["usages"])
-    assert {service, f"{service}.cxrmesh.svc", "localhost"} <= set(spec["dnsNames"])
+    name = k8s_name(service)  # the names its Service answers to
+    assert {name, f"{name}.cxrmesh.svc", "localhost"} <= set(spec["dnsNames"])
     assert "127.0.0.1" in spec["ipAddresses"], "the pod's own health probe calls 127.0.0.1"
     assert spec["issuerRef"] == ISSUER
     for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
@@ -1036,9 +1308,16 @@ def test_the_issuer_is_brought_by_the_dev_overlay() -> None:
 def test_kafka_and_milvus_credentials_come_from_secrets(service: str) -> None:
     _, container = service_workloads()[service]
     values, refs = container_env(container)
-    for name in ("CXRMESH_KAFKA_SASL_USERNAME", "CXRMESH_KAFKA_SASL_PASSWORD"):
+    names = ("CXRMESH_KAFKA_SASL_USERNAME", "CXRMESH_KAFKA_SASL_PASSWORD")
+    if service in NO_KAFKA:
+        stage = FLOW[service]
+        assert not stage.consumes and not stage.produces, f"{service} uses Kafka: {stage}"
+        assert not set(names) & set(refs), f"{service}: Kafka credentials, but {NO_KAFKA[service]}"
+        assert values.get("CXRMESH_AUDIT_TO_KAFKA") == "false", f"{service}: would send its audit to Kafka"
+        return
+    for name in names:
         ref = refs[name]["secretKeyRef"]
-        assert ref["name"] == f"{service}-kafka", f"{service}: {name} is not from its own Kafka Secret"
+        assert ref["name"] == f"{k8s_name(service)}-kafka", f"{service}: {name} is not from its own Secret"
     assert values.get("CXRMESH_KAFKA_SECURITY_PROTOCOL") in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
     if service == "search":
         assert "secretKeyRef" in refs["CXRMESH_MILVUS_TOKEN"]

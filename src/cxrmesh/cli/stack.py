@@ -56,12 +56,28 @@ def up(
             "--monitoring", help="Also Prometheus and Alertmanager (loopback only) with the cluster's rules."
         ),
     ] = False,
+    dicom_sender: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--dicom-sender",
+            metavar="AE_TITLE",
+            help="Calling AE title allowed to C-STORE to the gateway (repeat for several; none: nobody).",
+        ),
+    ] = None,
+    pacs: Annotated[
+        bool,
+        typer.Option(
+            "--pacs",
+            help="Also Orthanc as a stand-in PACS: forwards radiographs to cxrmesh, receives the results.",
+        ),
+    ] = False,
 ) -> None:
     """Start the local mesh (broker, database, Milvus, tritonserver, services) and wait until healthy.
 
     Mutual TLS by default: certificates come from the local CA in <home>/pki (made once, reused).
     With --replicas N every service runs N processes sharing its consumer group and the database.
     With --monitoring, Prometheus scrapes every process and evaluates k8s/monitoring's rules.
+    The DICOM gateway (AE title CXRMESH) accepts C-STORE only from the --dicom-sender AE titles.
     """
     from cxrmesh.local.mesh import Mesh, MeshError
 
@@ -84,6 +100,8 @@ def up(
             partitions=partitions,
             broker_storage=broker_storage,
             monitoring=monitoring,
+            dicom_senders=dicom_sender or (),
+            pacs=pacs,
         )
         state = mesh.up(timeout, progress=lambda m: typer.echo(f"starting {m}"))
     except MeshError as exc:
@@ -94,7 +112,21 @@ def up(
     typer.echo(f"state and logs in {home}; stop with `cxrmesh down --home {home}`")
     if not insecure:
         typer.echo(f"mutual TLS on every port; the CA and client certificate are in {home / 'pki'}")
+    _echo_dicom(state)
     _echo_monitoring(state)
+
+
+def _echo_dicom(state: MeshState) -> None:
+    """Where DICOM senders, STOW-RS callers and the stand-in PACS's users go (nothing when absent)."""
+    from cxrmesh.local.pacs import GATEWAY_AE, STOW_TOKEN, orthanc_sign_in
+
+    if state.dicom:
+        typer.echo(f"{'dicom:':<14} AE {GATEWAY_AE} at {state.dicom} (C-ECHO, C-STORE of CR/DX)")
+    if state.stow:
+        token = Path(state.home) / STOW_TOKEN
+        typer.echo(f"{'stow-rs:':<14} {state.stow}/studies (bearer token in {token})")
+    if state.orthanc:
+        typer.echo(f"{'pacs:':<14} Orthanc at {state.orthanc} ({orthanc_sign_in(Path(state.home))})")
 
 
 def _echo_monitoring(state: MeshState) -> None:
@@ -130,6 +162,7 @@ def status(home: HomeOpt = MESH_HOME) -> None:
         typer.echo(f"{r['name']:<18} pid {r['pid']:<8} {r['health']:<12} {r['endpoint']:<24} {r['log']}")
     state = MeshState.load(home.resolve())
     if state is not None:
+        _echo_dicom(state)
         _echo_monitoring(state)
     if any(r["health"] not in ("SERVING", "RUNNING") for r in rows):
         raise typer.Exit(code=1)
@@ -202,6 +235,7 @@ def demo(
     except MeshError as exc:
         fail(str(exc))
     typer.echo(result.text)
+    typer.echo(f"PACS (Orthanc) holds under RG1's original study: {result.pacs}")
     typer.echo(f"HTML report: {result.report}   ({len(result.views)} studies, {result.seconds:.0f} s)")
     if result.failed:
         typer.secho(f"{result.failed} studies have failed stages (see the report)", fg=typer.colors.YELLOW)

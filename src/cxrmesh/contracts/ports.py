@@ -26,6 +26,8 @@ SERVICE_PORTS: dict[str, ServicePorts] = {
     "quantification": ServicePorts(50055, 9465),
     "prognosis": ServicePorts(50056, 9466),
     "studyview": ServicePorts(50057, 9467),
+    "gateway": ServicePorts(50058, 9468),  # the DICOM front door (its DICOM and STOW-RS ports below)
+    "pacs_sender": ServicePorts(50059, 9469),  # results back to the PACS (Storage SCU)
 }
 ANY_SERVICE = ServicePorts(50051, 9460)  # the common settings' defaults, before a service names itself
 
@@ -34,6 +36,8 @@ MILVUS = 19530
 TRITON_HTTP = 8000
 TRITON_GRPC = 8001
 TRITON_METRICS = 8002
+DICOM = 11112  # the gateway's Storage SCP (port 104 needs root; 11112 is DICOM's usual alternative)
+STOW = 8090  # the gateway's DICOMweb STOW-RS (HTTP POST .../studies)
 
 
 def loopback(port: int) -> str:

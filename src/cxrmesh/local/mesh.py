@@ -15,6 +15,11 @@ supervisor's probes) present the ``operator`` certificate from the same folder. 
 (``cxrmesh up --insecure``) runs everything plaintext and without authorization, for debugging
 only, and says so loudly.
 
+The DICOM front door (the gateway: Storage SCP and STOW-RS on loopback) lets in only the AE titles
+given as ``dicom_senders``; ``pacs=True`` (``cxrmesh up --pacs``) also starts Debian's Orthanc as a
+stand-in PACS that forwards radiographs to the gateway and receives the results back
+(``cxrmesh.local.pacs``).
+
 ``monitoring=True`` (``cxrmesh up --monitoring``) also starts Alertmanager and Prometheus on loopback,
 scraping every service and Triton and evaluating the cluster's rules (``cxrmesh.local.prometheus``).
 """
@@ -37,15 +42,18 @@ from typing import TYPE_CHECKING
 import grpc
 
 from cxrmesh.contracts.ports import (
+    DICOM,
     KAFKA,
     MILVUS,
     SERVICE_PORTS,
+    STOW,
     TRITON_GRPC,
     TRITON_HTTP,
     TRITON_METRICS,
 )
 from cxrmesh.contracts.topics import PARTITIONS
 from cxrmesh.local import process
+from cxrmesh.local.pacs import DicomPorts, gateway_env, pacs_sender_env
 from cxrmesh.local.pki import OPERATOR, LocalCA, identity_files, server_identity
 from cxrmesh.local.ports import free_port
 from cxrmesh.local.secret_files import keep_secret
@@ -58,8 +66,20 @@ if TYPE_CHECKING:
     from cxrmesh.runtime.db import Database
     from cxrmesh.search.tls import MilvusTLS
 
-# start order: prognosis and study view ask search at run time
-SERVICES = ("ingestion", "embedding", "search", "segmentation", "quantification", "prognosis", "studyview")
+# start order: prognosis and study view ask search at run time; the PACS sender asks the study view;
+# the gateway, the front door, opens last, when every study it accepts can be processed
+SERVICES = (
+    "ingestion",
+    "embedding",
+    "search",
+    "segmentation",
+    "quantification",
+    "prognosis",
+    "studyview",
+    "pacs_sender",
+    "gateway",
+)
+SINGLE = ("gateway",)  # one replica locally: DICOM senders are configured with one address and port
 DATABASES = ("sqlite", "postgres")
 MILVUS_KINDS = ("lite", "server")
 BROKER_STORAGE = ("memory", "s3")  # s3: the journalled local S3 keeps every message across restarts
@@ -91,6 +111,9 @@ class MeshState:
     database_url: str = ""  # empty: SQLite in <home>/data
     database_password_file: str = ""
     milvus_token_file: str = ""
+    dicom: str = ""  # the gateway's Storage SCP, host:port (AE title cxrmesh.local.pacs.GATEWAY_AE)
+    stow: str = ""  # the gateway's STOW-RS base URL
+    orthanc: str = ""  # the stand-in PACS's REST URL (``--pacs``)
 
     def tls(self) -> TlsFiles | None:
         """The client certificate of this mesh's operator (None for a mesh started ``--insecure``)."""
@@ -177,7 +200,17 @@ class MeshState:
             **{k: data[k] for k in ("kafka", "milvus", "triton")},
             insecure=bool(data.get("insecure", False)),
             replicas=int(data.get("replicas", 1)),
-            **{k: data.get(k, "") for k in ("database_url", "database_password_file", "milvus_token_file")},
+            **{
+                k: data.get(k, "")
+                for k in (
+                    "database_url",
+                    "database_password_file",
+                    "milvus_token_file",
+                    "dicom",
+                    "stow",
+                    "orthanc",
+                )
+            },
         )
 
 
@@ -237,6 +270,8 @@ class Mesh:
         service_replicas: Mapping[str, int] | None = None,
         broker_storage: str = "memory",
         monitoring: bool = False,
+        dicom_senders: Sequence[str] = (),
+        pacs: bool = False,
     ):
         self.home = Path(home).resolve()
         self.insecure = insecure
@@ -260,11 +295,14 @@ class Mesh:
             raise MeshError(f"unknown broker storage {broker_storage!r}; choose from {choices}")
         self.broker_storage = broker_storage
         self.monitoring = monitoring
+        self.dicom_senders = list(dicom_senders)
+        self.pacs = pacs
+        self._dicom_ports: DicomPorts | None = None
         self._launches: dict[tuple[str, int], Launch] = {}
 
     def replicas_of(self, name: str) -> int:
         """How many replicas of service ``name`` run (``replicas``, or its own count)."""
-        return self.service_replicas.get(name, self.replicas)
+        return 1 if name in SINGLE else self.service_replicas.get(name, self.replicas)
 
     # ------------------------------------------------------------------ helpers
     def _port(self, documented: int) -> int:
@@ -344,6 +382,9 @@ class Mesh:
                 self._start_postgres(state, timeout_s, progress)
             self._start_milvus(state, timeout_s, progress)
             self._start_triton(state, timeout_s, progress)
+            self._plan_dicom(state)
+            if self.pacs:
+                self._start_orthanc(state, timeout_s, progress)
             for name in self.services:
                 self._start_service(state, name, timeout_s, progress)
             if self.monitoring:
@@ -532,8 +573,9 @@ class Mesh:
             "CXRMESH_TRITON_URL": state.triton,
             **self._database_env(state),
             **(self._milvus_env(state) if name == "search" else {}),
+            **self._dicom_env(state, name, replica),
             **(
-                {"CXRMESH_SEARCH_URL": self._search_for(state, replica)}
+                {"CXRMESH_SEARCH_URL": self._replica_of(state, "search", replica)}
                 if name in ("prognosis", "studyview")
                 else {}
             ),
@@ -576,10 +618,60 @@ class Mesh:
             state.save()
             self._wait(part.name, proc, log, part.ready, timeout_s)
 
+    def _plan_dicom(self, state: MeshState) -> None:
+        """The DICOM ports, chosen before the stand-in PACS and the gateway start (each names the other)."""
+        ports = DicomPorts(
+            self._port(DICOM),
+            self._port(STOW),
+            *((free_port(), free_port()) if self.pacs else (0, 0)),
+        )
+        self._dicom_ports = ports
+        if "gateway" in self.services:
+            state.dicom = f"127.0.0.1:{ports.dicom}"
+            state.stow = f"{'http' if self.insecure else 'https'}://127.0.0.1:{ports.stow}"
+
+    def _dicom_env(self, state: MeshState, name: str, replica: int) -> dict[str, str]:
+        """The gateway's and the PACS sender's own settings (nothing for the other services)."""
+        ports = self._dicom_ports
+        if ports is None or name not in ("gateway", "pacs_sender"):
+            return {}
+        if name == "gateway":
+            return gateway_env(
+                self.home, ports, self.dicom_senders, self._replica_of(state, "ingestion", replica)
+            )
+        return pacs_sender_env(ports, self._replica_of(state, "studyview", replica))
+
+    def _start_orthanc(self, state: MeshState, timeout_s: float, progress: Callable[[str], None]) -> None:
+        """Debian's Orthanc as the hospital's PACS: forwards radiographs to cxrmesh, receives results."""
+        from cxrmesh.local.orthanc import LocalOrthanc
+        from cxrmesh.local.pacs import GATEWAY_AE, ORTHANC, ORTHANC_AE, orthanc_modalities
+
+        ports = self._dicom_ports
+        assert ports is not None
+        orthanc = LocalOrthanc(
+            self.home / "orthanc",
+            ae_title=ORTHANC_AE,
+            dicom_port=ports.orthanc_dicom,
+            http_port=ports.orthanc_http,
+            modalities=orthanc_modalities(ports),
+            autoroute_to="cxrmesh",
+        )
+        argv = orthanc.command()
+        progress(
+            f"orthanc (stand-in PACS, AE {ORTHANC_AE}) on 127.0.0.1:{ports.orthanc_dicom},"
+            f" forwarding radiographs to {GATEWAY_AE}"
+        )
+        proc, log = self._spawn(ORTHANC, argv)
+        self._launches[(ORTHANC, 0)] = Launch(ORTHANC, argv, {}, orthanc.ready)
+        state.orthanc = orthanc.url
+        state.procs.append(Proc(ORTHANC, proc.pid, str(log), f"127.0.0.1:{ports.orthanc_dicom}", kind="pacs"))
+        state.save()
+        self._wait("orthanc", proc, log, orthanc.ready, timeout_s)
+
     @staticmethod
-    def _search_for(state: MeshState, replica: int) -> str:
-        """The search replica a prognosis or study-view replica asks (spread over them)."""
-        endpoints = state.endpoints("search")
+    def _replica_of(state: MeshState, name: str, replica: int) -> str:
+        """The replica of ``name`` that a caller's replica asks (spread over them)."""
+        endpoints = state.endpoints(name)
         return endpoints[replica % len(endpoints)]
 
     @staticmethod

@@ -55,9 +55,14 @@ MESH_ROLE = "mesh"  # service-to-service calls; every service certificate carrie
 OPERATOR = Identity("operator", ("ingest", "clinical-read", "ops"))  # the CLI, the demo, the supervisor
 
 
+# services that call the API as a client would, beyond ``mesh``: the gateway sends studies (ingest),
+# the PACS sender reads a finished study's results (clinical-read). Nothing else gets these roles.
+SERVICE_ROLES: dict[str, tuple[str, ...]] = {"gateway": ("ingest",), "pacs_sender": ("clinical-read",)}
+
+
 def server_identity(name: str) -> Identity:
     """A service's (or Triton's) identity: serves on loopback, calls the other services as ``mesh``."""
-    return Identity(name, (MESH_ROLE,), LOCAL_HOSTS)
+    return Identity(name, (MESH_ROLE, *SERVICE_ROLES.get(name, ())), LOCAL_HOSTS)
 
 
 def identity_files(folder: Path, name: str) -> CertFiles:

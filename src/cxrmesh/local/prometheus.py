@@ -6,7 +6,8 @@ the same alerts. This module writes the configs and the two launch commands; ``c
 starts, records and restarts them like its other processes.
 
 Scraping follows the cluster's conventions (k8s/base/monitoring.yaml): one job per service, named
-after it (``job`` = service name), every target also labelled ``replica``; ``triton`` for Triton's
+after it as its workload is (``job`` = service name, ``_`` written ``-``, since Kubernetes names allow no
+``_``: ``pacs-sender``), every target also labelled ``replica``; ``triton`` for Triton's
 plain-HTTP metrics port. The services' /metrics is HTTPS that asks for a client certificate from the
 mesh CA, so Prometheus presents the ``prometheus`` identity (role ``ops``, client use only), as it
 does in a cluster. Alerts go to a local Alertmanager whose only receiver is a null one: locally they
@@ -25,6 +26,7 @@ operator's (k8s/base/monitoring.yaml).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 import secrets
@@ -146,6 +148,7 @@ def scrape_configs(targets: Iterable[Target], tls: TlsFiles | None) -> list[dict
     schemes: dict[str, str] = {}
     for t in targets:
         url = urllib.parse.urlsplit(t.metrics)
+        t = dataclasses.replace(t, job=t.job.replace("_", "-"))  # the workload's name, as in the cluster
         jobs.setdefault(t.job, []).append({"targets": [url.netloc], "labels": {"replica": str(t.replica)}})
         schemes[t.job] = url.scheme
     configs = []

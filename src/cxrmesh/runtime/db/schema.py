@@ -75,6 +75,16 @@ Index(
     postgresql_where=outbox.c.sent_at.is_(None),
 )
 
+# ingestion: each accepted study's original identifiers, encrypted (``cxrmesh.runtime.db.identities``),
+# written with its studies row; read only by the PACS sender, to file results under the original study
+study_identities = Table(
+    "study_identities",
+    metadata,
+    Column("study_key", KEY, primary_key=True),
+    Column("sealed", LargeBinary, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
 # embedding, segmentation, quantification, prognosis: the latest result per study (their Get RPCs)
 stage_results = Table(
     "stage_results",

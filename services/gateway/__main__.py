@@ -1,0 +1,3 @@
+from cxrmesh.services.gateway.service import main
+
+main()

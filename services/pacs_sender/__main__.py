@@ -1,0 +1,3 @@
+from cxrmesh.services.pacs_sender.service import main
+
+main()
