@@ -194,6 +194,7 @@ def monitored(tmp_path_factory: pytest.TempPathFactory, corpus: Path) -> Iterato
         home,
         ports="auto",
         monitoring=True,
+        pacs=True,  # the PACS sender has a destination: its per-destination series exist
         env={"CXRMESH_KAFKA_SESSION_TIMEOUT_MS": "2000", "CXRMESH_KAFKA_HEARTBEAT_MS": "500"},
     )
     run = Monitored(mesh, mesh.up(timeout_s=240))
@@ -211,12 +212,13 @@ def monitored(tmp_path_factory: pytest.TempPathFactory, corpus: Path) -> Iterato
 def test_every_target_is_up_with_job_and_replica(monitored: Monitored) -> None:
     targets = monitored.api.targets()
     jobs = {t["labels"]["job"] for t in targets}
-    assert jobs == {*SERVICES, "triton", "prometheus", "alertmanager"}
+    services = {s.replace("_", "-") for s in SERVICES}  # the job is the workload's name, as in the cluster
+    assert jobs == {*services, "triton", "prometheus", "alertmanager"}
     down = [(t["labels"]["job"], t["lastError"]) for t in targets if t["health"] != "up"]
     assert not down, down
     assert all(t["labels"].get("replica") == "0" for t in targets)
     https = {t["labels"]["job"] for t in targets if t["scrapeUrl"].startswith("https://")}
-    assert https == set(SERVICES)  # the services' metrics need the client certificate; Triton's are plain
+    assert https == services  # the services' metrics need the client certificate; Triton's are plain
     alertmanager = next(p.endpoint for p in monitored.state.procs if p.name == "alertmanager")
     active = monitored.api.get("/api/v1/alertmanagers")["activeAlertmanagers"]
     assert [a["url"] for a in active] == [f"{alertmanager}/api/v2/alerts"]

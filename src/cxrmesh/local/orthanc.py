@@ -258,7 +258,14 @@ class OrthancAPI:
 
     def _call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         try:
-            reply = self._session.request(method, self.url + path, timeout=self.timeout_s, **kwargs)
+            try:
+                reply = self._session.request(method, self.url + path, timeout=self.timeout_s, **kwargs)
+            except requests.ConnectionError:
+                # Orthanc drops idle keep-alive connections, and requests does not resend a POST over
+                # one found closed: once more on a new connection (every call here is safe to repeat:
+                # reads, lookups, and stores that Orthanc keeps once per SOP Instance UID)
+                self._session.close()
+                reply = self._session.request(method, self.url + path, timeout=self.timeout_s, **kwargs)
         except requests.RequestException as err:
             raise OrthancError(
                 None, f"{method} {path.split('/')[1]}: no answer ({type(err).__name__})"
