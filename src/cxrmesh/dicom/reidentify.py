@@ -25,6 +25,7 @@ from pydicom.multival import MultiValue
 
 from cxrmesh.contracts.identity import OriginalIdentity
 from cxrmesh.dicom.dates import map_values, parse_da, shift_da, shift_dt
+from cxrmesh.dicom.outputs.common import PATIENT_STUDY_TYPE2
 
 __all__ = ["IdentityMismatch", "OriginalIdentity", "capture", "reidentify"]
 
@@ -38,17 +39,7 @@ UID_KEYWORDS: Final[tuple[str, ...]] = (
 # Patient/Study module attributes, by whether their module type requires them present (Type 2):
 # a keyword the original lacked is emptied when Type 2, removed otherwise. PatientAge is kept by the
 # de-identification (capped at 90) or computed from the birth date when the original had none.
-TYPE2_KEYWORDS: Final[tuple[str, ...]] = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "AccessionNumber",
-    "StudyID",
-    "StudyDate",
-    "StudyTime",
-    "ReferringPhysicianName",
-)
+TYPE2_KEYWORDS: Final[tuple[str, ...]] = PATIENT_STUDY_TYPE2  # one list, with the outputs' own
 OPTIONAL_KEYWORDS: Final[tuple[str, ...]] = ("IssuerOfPatientID", "StudyDescription", "PatientAge")
 ATTRIBUTE_KEYWORDS: Final[tuple[str, ...]] = TYPE2_KEYWORDS + OPTIONAL_KEYWORDS
 # Markers of the de-identification, which a re-identified object must not carry.

@@ -25,6 +25,19 @@ from cxrmesh.analysis.regions import REGION_KEYS, Region
 MANUFACTURER: Final[str] = "cxrmesh"
 ALGORITHM_NAME: Final[str] = "cxrmesh"
 DEVICE_SERIAL_NUMBER: Final[str] = "cxrmesh"  # Type 1 in the SEG's Enhanced General Equipment module
+# Type 2 attributes of the Patient and General Study modules every output carries (empty when the
+# source lacks one); re-identification (cxrmesh.dicom.reidentify) restores exactly these
+PATIENT_STUDY_TYPE2: Final[tuple[str, ...]] = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
 SEG_SERIES_NUMBER: Final[int] = 900
 SR_SERIES_NUMBER: Final[int] = 901
 
@@ -144,17 +157,7 @@ def source_meta(source: Dataset) -> Dataset:
         if elem.keyword in PIXEL_KEYWORDS or elem.keyword in SPATIAL_KEYWORDS:
             continue
         meta.add(copy.deepcopy(elem))
-    for kw in (
-        "PatientName",
-        "PatientID",
-        "PatientBirthDate",
-        "PatientSex",
-        "AccessionNumber",
-        "StudyID",
-        "StudyDate",
-        "StudyTime",
-        "ReferringPhysicianName",
-    ):
+    for kw in PATIENT_STUDY_TYPE2:
         if kw not in meta:
             setattr(meta, kw, None)
     if hasattr(source, "file_meta"):

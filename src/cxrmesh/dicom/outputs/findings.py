@@ -63,7 +63,7 @@ from cxrmesh.dicom.outputs.common import (
 
 # The private scheme is the measurement SR's (same designator, declared the same way); _coding_schemes and
 # _digest are shared with it and would sit better in common.py.
-from cxrmesh.dicom.outputs.sr import PRIVATE_SCHEME, PROCEDURE_REPORTED, _coding_schemes, _digest
+from cxrmesh.dicom.outputs.sr import PROCEDURE_REPORTED, _coding_schemes, _digest, _private
 
 FINDINGS_SERIES_NUMBER: Final[int] = 902
 SERIES_DESCRIPTION: Final[str] = "cxrmesh decision support (not a diagnosis)"
@@ -84,10 +84,6 @@ TITLE: Final[Code] = codes.LN.DiagnosticImagingReport  # LN 18748-4
 ENGLISH: Final[hd.sr.CodedConcept] = hd.sr.CodedConcept("en-US", "RFC5646", "English (United States)")
 CODE_FINDING: Final[Code] = codes.DCM.Finding  # DCM 121071 (CID 7002)
 CODE_SOURCE_IMAGE: Final[Code] = Code("121324", "DCM", "Source image")
-
-
-def _private(value: str, meaning: str) -> Code:
-    return Code(value, PRIVATE_SCHEME, meaning)
 
 
 # Private codes of this report (the measurement SR uses CXM0xx of the same scheme).
