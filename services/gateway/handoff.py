@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from cxrmesh.contracts.ingest_stream import ingest_chunks
 from cxrmesh.runtime.grpc_server import error_reason
 from cxrmesh.runtime.tls import open_channel
 from cxrmesh.services.gateway.settings import GatewaySettings
@@ -24,7 +25,6 @@ from cxrmesh.v1 import ingestion_pb2, ingestion_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-CHUNK = 1 << 20  # the Ingest stream's data messages, as the CLI sends them (cxrmesh.client.chunks)
 # the request itself is wrong: the same bytes will be refused again
 REFUSED_CODES = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION})
 PING_TIMEOUT_S = 2.0
@@ -57,11 +57,8 @@ Outcome = Accepted | Refused | Unavailable
 
 
 def ingest_stream(data: bytes, source_name: str) -> Iterator[ingestion_pb2.IngestChunk]:
-    """The Ingest stream: a header with the size first, then the file in 1 MiB pieces."""
-    header = ingestion_pb2.IngestHeader(total_bytes=len(data), source_name=source_name)
-    yield ingestion_pb2.IngestChunk(header=header)
-    for i in range(0, len(data), CHUNK):
-        yield ingestion_pb2.IngestChunk(data=data[i : i + CHUNK])
+    """The Ingest stream, as every sender writes it (``cxrmesh.contracts.ingest_stream``)."""
+    return ingest_chunks(data, ingestion_pb2.IngestHeader(source_name=source_name))
 
 
 def outcome_of(exc: grpc.RpcError) -> Refused | Unavailable:

@@ -32,6 +32,7 @@ from google.protobuf import json_format
 
 from cxrmesh.contracts import convert
 from cxrmesh.contracts.corpus import manifest_clinical
+from cxrmesh.contracts.ingest_stream import ingest_chunks
 from cxrmesh.v1 import (
     common_pb2,
     events_pb2,
@@ -46,15 +47,10 @@ from cxrmesh.v1 import (
 if TYPE_CHECKING:
     from cxrmesh.runtime.tls import TlsFiles
 
-CHUNK = 1 << 20
-
 
 def chunks(data: bytes, header: ingestion_pb2.IngestHeader) -> Iterator[ingestion_pb2.IngestChunk]:
-    """The Ingest stream: header first, then the file in 1 MiB pieces."""
-    header.total_bytes = len(data)
-    yield ingestion_pb2.IngestChunk(header=header)
-    for i in range(0, len(data), CHUNK):
-        yield ingestion_pb2.IngestChunk(data=data[i : i + CHUNK])
+    """The Ingest stream: header first, then 1 MiB pieces (``cxrmesh.contracts.ingest_stream``)."""
+    return ingest_chunks(data, header)
 
 
 def ingest_bytes(

@@ -118,6 +118,21 @@ def derived_uid(*parts: object) -> hd.UID:
 DEVICE_OBSERVER_UID: Final[str] = str(derived_uid("device-observer", ALGORITHM_NAME))
 
 
+def device_observer_context() -> hd.sr.ObservationContext:
+    """The observer of every cxrmesh SR: this software as a device, not a person (both SRs say so)."""
+    return hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device,
+            observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+                uid=DEVICE_OBSERVER_UID,
+                name=ALGORITHM_NAME,
+                manufacturer_name=MANUFACTURER,
+                model_name=ALGORITHM_NAME,
+            ),
+        )
+    )
+
+
 def tracking_uid(source_sop_instance_uid: str, region_key: str) -> hd.UID:
     """Tracking UID of one zone of one image: the same in the SEG segment and the SR group."""
     return derived_uid("tracking", str(source_sop_instance_uid), region_key)

@@ -50,11 +50,11 @@ from pydicom.sr.coding import Code
 
 from cxrmesh.dicom.outputs.common import (
     ALGORITHM_NAME,
-    DEVICE_OBSERVER_UID,
     DEVICE_SERIAL_NUMBER,
     MANUFACTURER,
     check_version,
     derived_uid,
+    device_observer_context,
     make_reproducible,
     pseudonym_names_ok,
     source_meta,
@@ -352,17 +352,7 @@ def _line_item(line: _Line) -> hd.sr.TextContentItem:
 
 def _content(sections: Sequence[_Section], source: Dataset) -> hd.sr.ContainerContentItem:
     root = hd.sr.ContainerContentItem(name=TITLE, is_content_continuous=False, template_id=TEMPLATE_ID)
-    observation_context = hd.sr.ObservationContext(
-        observer_device_context=hd.sr.ObserverContext(
-            observer_type=codes.DCM.Device,
-            observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-                uid=DEVICE_OBSERVER_UID,
-                name=ALGORITHM_NAME,
-                manufacturer_name=MANUFACTURER,
-                model_name=ALGORITHM_NAME,
-            ),
-        )
-    )
+    observation_context = device_observer_context()
     items: list[Dataset] = [
         hd.sr.CodeContentItem(
             name=codes.DCM.ProcedureReported, value=PROCEDURE_REPORTED, relationship_type=Rel.HAS_CONCEPT_MOD

@@ -17,13 +17,13 @@ from pydicom.sr.coding import Code
 
 from cxrmesh.dicom.outputs.common import (
     ALGORITHM_NAME,
-    DEVICE_OBSERVER_UID,
     DEVICE_SERIAL_NUMBER,
     MANUFACTURER,
     SR_SERIES_NUMBER,
     ZONE_SEGMENTS,
     check_version,
     derived_uid,
+    device_observer_context,
     make_reproducible,
     pseudonym_names_ok,
     source_meta,
@@ -246,17 +246,7 @@ def make_measurement_report(
             )
         )
 
-    observation_context = hd.sr.ObservationContext(
-        observer_device_context=hd.sr.ObserverContext(
-            observer_type=codes.DCM.Device,
-            observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-                uid=DEVICE_OBSERVER_UID,
-                name=ALGORITHM_NAME,
-                manufacturer_name=MANUFACTURER,
-                model_name=ALGORITHM_NAME,
-            ),
-        )
-    )
+    observation_context = device_observer_context()
     report = hd.sr.MeasurementReport(
         observation_context=observation_context,
         procedure_reported=PROCEDURE_REPORTED,
