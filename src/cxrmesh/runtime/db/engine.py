@@ -15,6 +15,9 @@ Why the engine options look as they do:
 from __future__ import annotations
 
 import logging
+import random
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -113,6 +116,23 @@ def _engine_url(url: str, password: str) -> URL:
     return parsed
 
 
+def _enter_wal(cur: Any, attempts: int = 60) -> None:
+    """Switch a fresh file to WAL even when other processes open it at the same moment.
+
+    Changing the journal mode needs an exclusive lock and SQLite answers "database is locked" at
+    once, without its busy handler, when another connection is doing the same (replicas starting
+    together on a new file). The switch is idempotent, so wait and try again (about 30 s in all).
+    """
+    for attempt in range(attempts):
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.05 + random.random() * 0.45)
+
+
 def _create_engine(url: URL, pool_size: int) -> Engine:
     if url.get_backend_name() == "postgresql":
         return create_engine(
@@ -129,9 +149,9 @@ def _create_engine(url: URL, pool_size: int) -> Engine:
     def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # SQLAlchemy's begin event below issues BEGIN itself
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=FULL")
         cur.execute("PRAGMA busy_timeout=30000")
+        _enter_wal(cur)
+        cur.execute("PRAGMA synchronous=FULL")
         cur.close()
 
     @event.listens_for(engine, "begin")

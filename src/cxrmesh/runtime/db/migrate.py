@@ -2,14 +2,18 @@
 
 Alembic runs the versioned migrations in ``migrations/versions`` (additive only, so a rolling upgrade
 is safe: old replicas keep working on the new schema). Replicas start together: on PostgreSQL an
-advisory lock serialises them; on SQLite the migration's ``BEGIN IMMEDIATE`` does. The second one
-finds the schema at head and does nothing.
+advisory lock serialises them; on SQLite an exclusive ``flock`` on a lock file beside the database
+does (Alembic runs SQLite DDL outside one transaction, so ``BEGIN IMMEDIATE`` alone let two
+processes apply the same step). The second one finds the schema at head and does nothing.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.resources import files
 from typing import Any
 
@@ -40,13 +44,27 @@ def current(db: Any) -> str:  # a cxrmesh.runtime.db.Database (which imports thi
         return MigrationContext.configure(conn).get_current_revision() or ""
 
 
+@contextmanager
+def _sqlite_file_lock(db: Any) -> Iterator[None]:
+    """Across processes on one machine: hold ``<database>.migrate.lock`` while migrating SQLite."""
+    if db.is_postgres:
+        yield
+        return
+    with open(f"{db.url.database}.migrate.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def upgrade(db: Any) -> None:
     """Migrate to head unless already there (the common case costs one read)."""
     target = head()
     if current(db) == target:
         return
     cfg = alembic_config()
-    with _IN_PROCESS, db.engine.connect() as conn:
+    with _IN_PROCESS, _sqlite_file_lock(db), db.engine.connect() as conn:
         if db.is_postgres:
             conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _LOCK})
             conn.commit()
