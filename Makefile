@@ -14,7 +14,7 @@ SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 # buf (proto lint and breaking-change check), pinned by tools/buf/package-lock.json
 BUF    := tools/buf/node_modules/.bin/buf
 
-.PHONY: install debs demo test test-faults lint format protos monitoring clean fuzz
+.PHONY: install debs demo test test-faults bench bench-quick lint format protos monitoring clean fuzz
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
@@ -50,6 +50,15 @@ test: $(STAMP) debs $(BUF)
 # (CXRMESH_FAULT_SEED replays a run); writes out/faults and the table in docs/reliability.md
 test-faults: $(STAMP) debs
 	$(BIN)/pytest -q -m faults tests/faults
+
+# every benchmark with its baseline in the same run (docs/benchmarks.md); about 30 minutes on 2 cores.
+# One section: `$(BIN)/python -m benchmarks.suite --only search`; the page again: `... --render-only`
+bench: $(STAMP) debs
+	$(BIN)/python -m benchmarks.suite
+
+# the same at small sizes (CI, about 5 minutes): fails on a crash, never on a number; writes out/bench/
+bench-quick: $(STAMP) debs
+	$(BIN)/python -m benchmarks.suite --quick
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests export services protos scripts benchmarks

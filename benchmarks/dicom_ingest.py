@@ -8,21 +8,20 @@ one instance after another, each answered only after ingestion acknowledged it).
 second of each path per round, the medians, and the ratio C-STORE / gRPC (what the DICOM front door
 costs against calling ingestion directly):
 
-    python benchmarks/dicom_ingest.py --n 40 --rounds 3 --corpus data/bench-dicom
+    python -m benchmarks.dicom_ingest --n 40 --rounds 3 --corpus data/bench-dicom
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import pydicom
-from pydicom.uid import generate_uid
 
+from benchmarks.suite.corpus import encoded, fresh_copy
 from cxrmesh.client import ingest_bytes
 from cxrmesh.dicom.scu import Peer, store
 from cxrmesh.local.mesh import Mesh
@@ -34,21 +33,8 @@ SENDER = "BENCH-SCU"
 
 
 def fresh_copies(files: list[Path], round_no: int) -> list[pydicom.Dataset]:
-    """The files as new studies (new study/series/SOP UIDs and patient): no duplicate on either path."""
-    out = []
-    for i, path in enumerate(files):
-        ds = pydicom.dcmread(path)
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds.PatientID = f"BENCH{round_no:02d}{i:04d}"
-        out.append(ds)
-    return out
-
-
-def encoded(ds: pydicom.Dataset) -> bytes:
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
+    """The files as new studies (``benchmarks.suite.corpus``): no duplicate on either path."""
+    return [fresh_copy(path, f"{round_no:02d}") for path in files]
 
 
 def main() -> None:

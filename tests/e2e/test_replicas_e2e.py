@@ -77,18 +77,26 @@ class Replicated:
         return cls(self.channels[(name, replica)])
 
     def ingest(self, data: bytes, header: object, replica: int) -> str:
-        """Ingest through ``replica``, falling back to the others when it is gone (a load balancer)."""
+        """Ingest through ``replica``, falling back to the others when it is gone (a load balancer).
+
+        A call cut off by the replica's graceful stop (CANCELLED once its grace ran out under load)
+        has an unknown outcome, so it is sent again elsewhere, as a modality would: the answer may
+        then be "duplicate" (the first attempt had committed), and the study counts once.
+        """
+        retried = False
         for r in (replica, *(x for x in range(self.state.replicas) if x != replica)):
             try:
                 stub = self.stub(ingestion_pb2_grpc.IngestionServiceStub, "ingestion", r)
                 reply = ingest_bytes(stub, data, header)
             except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
                     raise
+                retried = True
                 continue
-            assert not reply.duplicate
+            assert retried or not reply.duplicate
             with self.lock:
-                self.keys.append(reply.study_key)
+                if reply.study_key not in self.keys:
+                    self.keys.append(reply.study_key)
             return reply.study_key
         raise AssertionError("no ingestion replica answered")
 
