@@ -93,4 +93,17 @@ def _plot(names: list[str], passes: list[dict[str, Any]], corpus: list[int], fig
 
 
 def _search(results: dict[str, Any]) -> str:
-    return ""  # filled in from the search section's memory figures
+    from benchmarks.suite.search import MEMORY_ENGINES, mib_per_million
+
+    sizes = results.get("sizes", [])
+    rows = [(label, mib_per_million(sizes, label)) for label in MEMORY_ENGINES]
+    rows = [(label, per, per * 10 / 1024) for label, per in rows if per is not None]
+    if not rows:
+        return "The index's growth with the corpus needs two search sizes (a full run)."
+    return "\n".join(
+        [
+            "The index holders, from the search section (growth between its two largest sizes, so the "
+            "fixed part cancels; see there for how each is read):\n",
+            table(["index", "MiB per 1M vectors", "GiB at 10M"], rows, align="lrr"),
+        ]
+    )

@@ -78,8 +78,10 @@ def page(results: dict[str, Any], figures: Path) -> str:
         "tritonserver on CPU, as `cxrmesh up` does. Clients are closed-loop: each sends a study and waits "
         "until its study view is complete before sending the next. Latency is ingest call to complete view. "
         "The baseline runs the same admission, models (ONNX Runtime) and domain code on the same images, "
-        "one study after another, in one process. *Refused*: studies admission turned away (the synthetic "
-        "corpus burns patient text into a few images on purpose); they count as answered in studies/min.\n",
+        "one study after another, in one process; every part sends the first *sent* studies of the same "
+        "corpus (fewer where one study at a time would take long). *Refused*: studies admission turned "
+        "away (the synthetic corpus burns patient text into a few images on purpose); they count as "
+        "answered in studies/min.\n",
         table(heads, rows, align="lrrrrrrrrr"),
         "",
         f"![studies per minute and latency]({_plot(base, passes, figures)})",
