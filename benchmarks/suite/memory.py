@@ -57,6 +57,10 @@ def _pipeline(results: dict[str, Any], figures: Path) -> str:
         "tritonserver's python-backend stubs, one per model instance).\n",
         table(heads, rows, align="l" + "r" * (len(heads) - 1)),
         "",
+        "Growth between passes mixes the stored corpus with the load: later passes run more clients. "
+        "Triton and ingestion grow with the load (larger dynamic batches and more concurrent uploads; "
+        "ONNX Runtime's memory arena keeps its largest allocation), not with what is stored; the stores "
+        "(Milvus, the broker) grow with the corpus.\n",
         f"The mesh's processes together peak at {total_peak:,.0f} MiB against {base_peak:,.0f} MiB for the "
         f"in-process pipeline doing the same work ({total_peak / max(base_peak, 1):.1f}×): each service is "
         "its own Python interpreter with gRPC, Kafka and database clients loaded (about 200 MiB each before "

@@ -142,6 +142,7 @@ def _verdict(base: dict[str, Any], passes: list[dict[str, Any]], cores: int) -> 
         "in parallel, so with more clients its throughput rises while a single process stays at one "
         "study at a time.",
     ]
+    lines += _overload(best, passes)
     if ratio < TARGET:
         lines += [
             "",
@@ -155,6 +156,32 @@ def _verdict(base: dict[str, Any], passes: list[dict[str, Any]], cores: int) -> 
             "and Triton overheads are paid per batch, not per study.",
         ]
     return "\n".join(lines)
+
+
+def _overload(best: dict[str, Any], passes: list[dict[str, Any]]) -> list[str]:
+    """When more clients made the one-replica mesh slower than its best, say by how much and where."""
+    most = max((p for p in passes if p["replicas"] == best["replicas"]), key=lambda p: p["clients"])
+    if most is best or most["per_min"] >= best["per_min"] * 0.97:
+        return []
+    a, b = cpu_per_study(best), cpu_per_study(most)
+    rise = sorted(((b[k] - a.get(k, 0.0), k) for k in b), reverse=True)[:2]
+    two = [p for p in passes if p["replicas"] > best["replicas"] and p["clients"] == most["clients"]]
+    line = (
+        f"More clients do not always help: at {most['clients']} clients the same mesh falls to "
+        f"{most['per_min']:.1f} studies/min ({most['per_min'] / best['per_min']:.2f}× its best), and a "
+        f"study costs {sum(b.values()):.2f} core-s instead of {sum(a.values()):.2f} (the largest rises: "
+        + ", ".join(f"`{k}` +{d:.2f}" for d, k in rise)
+        + "). With that many studies in flight on so few cores every service's threads contend (Python's "
+        "GIL, locks, context switches) and each process does more work per study; the latency column "
+        "shows the queueing."
+    )
+    if two:
+        line += (
+            f" Two replicas of every service at {most['clients']} clients recover "
+            f"{two[0]['per_min']:.1f} studies/min: the same load split over two processes per stage "
+            "contends less."
+        )
+    return ["", line]
 
 
 def _cpu_table(base: dict[str, Any], passes: list[dict[str, Any]]) -> str:
