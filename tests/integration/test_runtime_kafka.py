@@ -102,6 +102,8 @@ def test_config_is_validated() -> None:
         KafkaConfig(bootstrap="x:1", client_id="c", heartbeat_interval_ms=5000, session_timeout_ms=3000)
     with pytest.raises(KafkaConfigError):
         KafkaConfig(bootstrap="x:1", client_id="c", compression="brotli")
+    with pytest.raises(KafkaConfigError, match="rejoin_timeout_ms"):  # a healthy rejoin takes a session
+        KafkaConfig(bootstrap="x:1", client_id="c", session_timeout_ms=10000, rejoin_timeout_ms=10000)
 
 
 def test_round_trip_protobuf_headers_metrics(kafka_bootstrap: str, producer: EventProducer) -> None:

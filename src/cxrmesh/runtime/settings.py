@@ -57,6 +57,9 @@ class ServiceSettings(BaseSettings):
     kafka_bootstrap: str = loopback(KAFKA)
     kafka_session_timeout_ms: int = 10000
     kafka_heartbeat_ms: int = 3000
+    kafka_rejoin_timeout_ms: int = Field(
+        60000, description="a consumer out of its group this long is replaced by a fresh member"
+    )
     kafka_max_batch: int = Field(16, ge=1)
     kafka_max_attempts: int = Field(5, ge=1)
     kafka_unavailable_max_s: float = Field(
@@ -153,6 +156,7 @@ class ServiceSettings(BaseSettings):
             unavailable_max_s=self.kafka_unavailable_max_s,
             session_timeout_ms=self.kafka_session_timeout_ms,
             heartbeat_interval_ms=self.kafka_heartbeat_ms,
+            rejoin_timeout_ms=self.kafka_rejoin_timeout_ms,
             request_timeout_ms=self.kafka_request_timeout_ms,
             delivery_timeout_ms=max(120000, self.kafka_request_timeout_ms * 2),
             security=KafkaSecurity(

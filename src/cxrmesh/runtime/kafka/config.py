@@ -19,7 +19,10 @@ class KafkaConfig:
     between attempts (exponential, jittered). ``max_batch`` is the most events per handler call.
     ``unavailable_max_s`` is how long a message whose handler answers ``DependencyUnavailable`` is
     retried without spending attempts (an outage of Triton or storage must not dead-letter the studies
-    in flight); 0 makes those failures count like any other. ``idempotence`` None means: on when the
+    in flight); 0 makes those failures count like any other. ``rejoin_timeout_ms`` is how long a
+    consumer may stay out of its group (rebalancing, or no heartbeat) before its client is replaced
+    by a fresh member: the client otherwise waits up to ``max_poll_interval_ms`` + 5 s for a
+    JoinGroup answer that a broker which lost the join never sends. ``idempotence`` None means: on when the
     broker answers InitProducerId. ``security`` is how every client of this config authenticates
     (``client_kwargs`` gives what kafka-python receives).
     """
@@ -36,6 +39,7 @@ class KafkaConfig:
     session_timeout_ms: int = 10000
     heartbeat_interval_ms: int = 3000
     max_poll_interval_ms: int = 300000
+    rejoin_timeout_ms: int = 60000
     compression: str | None = "gzip"
     request_timeout_ms: int = 30000
     # additions
@@ -61,6 +65,8 @@ class KafkaConfig:
             problems.append("max_batch must be >= 1")
         if self.heartbeat_interval_ms >= self.session_timeout_ms:
             problems.append("heartbeat_interval_ms must be below session_timeout_ms")
+        if self.rejoin_timeout_ms <= self.session_timeout_ms:  # a normal rejoin takes up to a session
+            problems.append("rejoin_timeout_ms must be above session_timeout_ms")
         if self.poll_timeout_ms >= self.max_poll_interval_ms:
             problems.append("poll_timeout_ms must be below max_poll_interval_ms")
         if self.compression not in SUPPORTED_COMPRESSION:

@@ -54,7 +54,13 @@ from cxrmesh.runtime.kafka.errors import (
 )
 from cxrmesh.runtime.kafka.events import Event, Handler, call_handler, decode_record
 from cxrmesh.runtime.kafka.lag import LagGauge
-from cxrmesh.runtime.kafka.metrics import CONSUMED_OUTCOMES, handle_seconds, messages_total, start_at_zero
+from cxrmesh.runtime.kafka.metrics import (
+    CONSUMED_OUTCOMES,
+    consumer_renewed_total,
+    handle_seconds,
+    messages_total,
+    start_at_zero,
+)
 from cxrmesh.runtime.kafka.producer import EventProducer
 from cxrmesh.runtime.kafka.spans import BatchSpans
 
@@ -123,6 +129,7 @@ class Consumer:
         self._last_poll = 0.0
         self._poll_failing = False
         self._joined_at = 0.0
+        self._out_since: float | None = None  # when this client last left its group (None: in it)
         self._holding = False
         self._rebalanced = False
         self._assignment: frozenset[TopicPartition] = frozenset()
@@ -131,6 +138,7 @@ class Consumer:
         for topic in self.topics:  # every outcome from 0: the first dead letter is an increase
             start_at_zero(self._messages, (topic, cfg.group_id), CONSUMED_OUTCOMES)
         self._handle_time = handle_seconds()
+        self._renewed = consumer_renewed_total()
         self._lag = LagGauge(cfg)
         self._spans = BatchSpans({}, cfg.group_id)  # the batch being processed (empty between batches)
         self._dead_letters = DeadLetterWriter(cfg, producer, service, self._messages, self._hold)
@@ -160,18 +168,15 @@ class Consumer:
                 if records:
                     self._process(records)
                 self._lag.update(self._consumer)
+                if self._out_of_group_s() > self.cfg.rejoin_timeout_ms / 1000:
+                    self._renew(stop)
         except BaseException as exc:
             self._failed = True
             log.error("kafka consumer stopped by an error", extra={**extra, "error_type": type(exc).__name__})
             raise
         finally:
             self._running = False
-            # enable_auto_commit is off, so close() commits nothing: only finished batches count
-            try:
-                self._consumer.close(autocommit=False)
-            except KafkaError as exc:
-                log.warning("kafka consumer close failed", extra={**extra, "error_type": type(exc).__name__})
-            self._lag.clear(self._assignment)
+            self._close(extra)
             log.info("kafka consumer closed", extra=extra)
 
     def healthy(self) -> bool:
@@ -184,20 +189,71 @@ class Consumer:
         consumer = self._consumer
         if consumer is None or not self._running or self._failed or self._poll_failing:
             return False
-        now = time.monotonic()
-        if now - self._last_poll > self.cfg.max_poll_interval_ms / 1000:
+        if time.monotonic() - self._last_poll > self.cfg.max_poll_interval_ms / 1000:
             return False
-        if consumer.group_metadata().state != MemberState.STABLE:
-            return False
-        session_s = self.cfg.session_timeout_ms / 1000
-        age = _heartbeat_age(consumer)
-        return age is None or age <= session_s or now - self._joined_at <= session_s
+        return self._in_group(consumer)
 
     def assignment(self) -> frozenset[TopicPartition]:
         """The partitions this consumer owns now (empty before it joined)."""
         return self._assignment
 
     # -- kafka plumbing -------------------------------------------------------------------------
+
+    def _in_group(self, consumer: KafkaConsumer) -> bool:
+        """A stable member whose heartbeats go out (or that joined less than a session ago)."""
+        if consumer.group_metadata().state != MemberState.STABLE:
+            return False
+        session_s = self.cfg.session_timeout_ms / 1000
+        age = _heartbeat_age(consumer)
+        return age is None or age <= session_s or time.monotonic() - self._joined_at <= session_s
+
+    def _out_of_group_s(self) -> float:
+        """Seconds this client has been out of its group without a break (0 while it is in)."""
+        if self._consumer is None or self._in_group(self._consumer):
+            self._out_since = None
+            return 0.0
+        if self._out_since is None:
+            self._out_since = time.monotonic()
+        return time.monotonic() - self._out_since
+
+    def _renew(self, stop: threading.Event) -> None:
+        """Replace a client that stayed out of its group past ``rejoin_timeout_ms`` with a fresh member.
+
+        Why: kafka-python waits up to ``max_poll_interval_ms`` + 5 s (5 minutes by default) for a
+        JoinGroup or SyncGroup answer, and a broker that lost the join never sends one (the local
+        broker, when its storage dies mid-rebalance; a real coordinator answers or drops the
+        connection, so there this is only a safety net): the service would stay NOT_SERVING and
+        its partitions unread. Nothing is lost by the swap: this runs between batches, every
+        finished batch is committed, and what was not is read again by whichever member gets the
+        partition.
+        """
+        extra = {"group": self.cfg.group_id, "out_of_group_s": round(self._out_of_group_s(), 1)}
+        log.warning("kafka consumer renewed: out of its group too long, a fresh member joins", extra=extra)
+        self._renewed.labels(self.cfg.group_id).inc()
+        self._close(extra)
+        self._consumer, self._out_since = None, None
+        while not stop.is_set():
+            try:
+                self._consumer = self._connect()
+            except KafkaUnavailableError as exc:  # the broker is away too: try again shortly
+                log.warning("kafka consumer renewal waits for a broker", extra={**extra, "error": str(exc)})
+                stop.wait(min(5.0, self.cfg.session_timeout_ms / 1000))
+                continue
+            self._last_poll = time.monotonic()
+            return
+
+    def _close(self, extra: Mapping[str, object]) -> None:
+        """Leave the group. enable_auto_commit is off, so close() commits nothing: only finished batches
+        count."""
+        consumer = self._consumer
+        if consumer is not None:
+            try:
+                consumer.close(autocommit=False)
+            except KafkaError as exc:
+                log.warning("kafka consumer close failed", extra={**extra, "error_type": type(exc).__name__})
+        self._lag.clear(self._assignment)
+        with self._lock:
+            self._assignment = frozenset()
 
     def _connect(self) -> KafkaConsumer:
         cfg = self.cfg

@@ -1,7 +1,7 @@
 """Consumer lag as a gauge: end offset minus position per owned partition, sampled now and then.
 
-Best effort: a failed sample is skipped (logged at debug), and some Kafka-protocol brokers report
-wrong end offsets, so nothing decides on it.
+Best effort: a failed sample is skipped (logged at debug), never raised into the consumer loop, and
+some Kafka-protocol brokers report wrong end offsets, so nothing decides on it.
 """
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ class LagGauge:
                     self._gauge.labels(tp.topic, self.cfg.group_id, str(tp.partition)).set(
                         max(0, end - position)
                     )
-        except KafkaError as exc:
+        # KeyError: kafka-python 3.0.12's end_offsets raises it when a ListOffsets answer leaves a
+        # partition out (a broker whose store is failing does); a metric must not end the consumer
+        except (KafkaError, KeyError) as exc:
             log.debug(
                 "kafka lag not updated", extra={"group": self.cfg.group_id, "error_type": type(exc).__name__}
             )

@@ -51,3 +51,8 @@ def publish_seconds() -> Histogram:
 def renewed_total() -> Counter:
     doc = "Producer clients replaced after entering their fatal-error state (their failed sends are retried)."
     return metric(Counter, "cxrmesh_kafka_producer_renewed_total", doc)
+
+
+def consumer_renewed_total() -> Counter:
+    doc = "Consumer clients replaced after staying out of their group past the rejoin timeout."
+    return metric(Counter, "cxrmesh_kafka_consumer_renewed_total", doc, ("group",))
