@@ -133,6 +133,6 @@ def _disk_per_study(pipe: dict[str, Any]) -> float:
 
 def _index_mib_per_million(search: dict[str, Any]) -> float:
     """The Milvus server's memory per million vectors with HNSW, as the search section measured it."""
-    from benchmarks.suite.search import mib_per_million
+    from benchmarks.suite.search_page import mib_per_million
 
     return mib_per_million(search.get("sizes", []), "Milvus server HNSW") or 0.0

@@ -97,7 +97,7 @@ def _plot(names: list[str], passes: list[dict[str, Any]], corpus: list[int], fig
 
 
 def _search(results: dict[str, Any]) -> str:
-    from benchmarks.suite.search import MEMORY_ENGINES, mib_per_million
+    from benchmarks.suite.search_page import MEMORY_ENGINES, mib_per_million
 
     sizes = results.get("sizes", [])
     rows = [(label, mib_per_million(sizes, label)) for label in MEMORY_ENGINES]
