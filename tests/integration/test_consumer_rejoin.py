@@ -26,7 +26,13 @@ from plugins.kafka_broker import unique
 from plugins.kafka_clients import Running, config, metric, wait_for
 
 from cxrmesh.local import process
-from cxrmesh.local.broker import _answers_metadata, ensure_topics, find_tansu, tansu_command
+from cxrmesh.local.broker import (
+    TansuNotFoundError,
+    _answers_metadata,
+    ensure_topics,
+    find_tansu,
+    tansu_command,
+)
 from cxrmesh.local.ports import free_port
 from cxrmesh.runtime.kafka import Consumer, EventProducer
 from cxrmesh.v1 import events_pb2
@@ -110,7 +116,7 @@ def lossy_broker(tmp_path: Path) -> Iterator[tuple[str, JoinSwallowingProxy]]:
     """A real Tansu (memory storage) whose clients reach it only through the proxy."""
     try:
         binary = find_tansu()
-    except Exception as exc:
+    except TansuNotFoundError as exc:
         pytest.skip(str(exc))
     broker_port = free_port()
     proxy = JoinSwallowingProxy(broker_port, drop=1)
