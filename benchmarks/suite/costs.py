@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.suite.common import table
-from benchmarks.suite.pipeline_page import cpu_per_study, label
+from benchmarks.suite.pipeline_page import best_pass, cpu_per_study, label
 
 TITLE = "Cost model"
 SOURCES = ("pipeline", "search")
@@ -42,10 +42,9 @@ def render(sources: dict[str, Any], figures: Path) -> str:
     if not pipe:
         return f"## {TITLE}\n\nNo pipeline results in this run: nothing to work from."
     load = Load()
-    # plan at the mesh's best operating point measured (the pass with the most studies per minute),
-    # not at an overload where every process does more work per study
-    busiest = max(pipe["passes"], key=lambda p: p["per_min"])
-    per = cpu_per_study(busiest)
+    # plan at the mesh's best operating point, not at an overload where every process does more work
+    best = best_pass(pipe["passes"])
+    per = cpu_per_study(best)
     core_s = sum(per.values())
     peak_per_s = load.studies_per_day / (load.busy_hours * 3600) * load.peak_factor
     cores = peak_per_s * core_s / load.utilisation
@@ -56,7 +55,7 @@ def render(sources: dict[str, Any], figures: Path) -> str:
     per_million = _index_mib_per_million(sources.get("search") or {})
     index_gib = per_million * load.index_cases / 1e6 / 1024 if per_million else float("nan")
     first = max(per, key=lambda k: per[k])
-    service_mem = sum(v["peak_mib"] for v in busiest["procs"].values()) / 1024
+    service_mem = sum(v["peak_mib"] for v in best["procs"].values()) / 1024
     here = pipe.get("cores", 2)
     sets = math.ceil(cores / here)
     rows = [
@@ -98,7 +97,7 @@ def render(sources: dict[str, Any], figures: Path) -> str:
         [
             f"## {TITLE}\n",
             f"For {load.studies_per_day:,} studies a day and {load.index_cases:,} cases in the index, from "
-            f"this run's figures ({label(busiest)}). Assumptions: {_assumptions(load)}.\n",
+            f"this run's figures ({label(best)}). Assumptions: {_assumptions(load)}.\n",
             table(["resource", "needed", "from"], rows, align="lll"),
             "",
             f"**First bottleneck: `{first}`**, {per[first]:.2f} of the {core_s:.2f} CPU seconds a study "
