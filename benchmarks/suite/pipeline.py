@@ -211,4 +211,4 @@ def _watch(view: studyview_pb2_grpc.StudyViewServiceStub, key: str) -> bool:
 def render(results: dict[str, Any], figures: Path) -> str:
     from benchmarks.suite.pipeline_page import page
 
-    return page(results, figures)
+    return page(results, figures, TITLE)

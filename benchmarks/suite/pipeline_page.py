@@ -35,7 +35,7 @@ def cpu_per_study(p: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def page(results: dict[str, Any], figures: Path) -> str:
+def page(results: dict[str, Any], figures: Path, title: str) -> str:
     base, passes = results["baseline"], results["passes"]
     rows = [
         [
@@ -75,7 +75,7 @@ def page(results: dict[str, Any], figures: Path) -> str:
         "ack p50 ms",
     ]
     out = [
-        "## Pipeline: the mesh against the same models in one process\n",
+        f"## {title}\n",
         f"{results['studies']} synthetic full-resolution studies (about 2,600 × 3,000 px, 12-bit, 8 MB "
         "each); "
         "the mesh runs the analysis services "
